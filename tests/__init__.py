@@ -1,0 +1,1 @@
+"""maester test suite."""
