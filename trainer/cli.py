@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "trainer.download",
     "trainer.prepare",
     "trainer.train",
+    "trainer.service",
 )
 
 
