@@ -67,7 +67,8 @@ class ModelWatcher:
         self.smoke_test = smoke_test
         self.poll_interval_s = poll_interval_s
         self.notify = notify
-        self.served_run_id = served_run_id
+        # What the engine serves now; rollback and "unchanged" are judged against it.
+        self.served_run_id = served_run_id if served_run_id is not None else getattr(engine, "run_id", None)
         self.served_before: list[str] = []  # run ids served earlier, most recent last (for rollback)
         self.refused: dict[str, str] = {}  # run id -> why it was refused
         self.last_result: WatchResult | None = None
