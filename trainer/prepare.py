@@ -79,6 +79,8 @@ def prepare_corpus(paths: Sequence[Path], val_fraction: float = DEFAULT_VAL_FRAC
     held_out = set(val_docs)
     all_train_docs = _documents(train_episodes)
     train_docs = [doc for doc in all_train_docs if doc not in held_out]
+    if not train_docs:
+        raise CorpusError("no training scenes remain: each one is identical to a validation scene.")
     speaker_turns = Counter(
         turn.speaker for episode in corpus.episodes for scene in episode.scenes for turn in scene.turns
     )
