@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,36 @@ def publish_tiny_run(
     return runs.publish_run(
         Path(checkpoint_root), manifest, lambda staging: save_model_files(model, tokenizer, staging)
     )
+
+
+@dataclass
+class TinyCorpus:
+    """Stands in for :class:`trainer.prepare.PreparedCorpus` with made-up scenes (same fields)."""
+
+    train_docs: list[str]
+    val_docs: list[str]
+    corpus_sha256: str = "c" * 64
+    speakers: list[str] = field(default_factory=lambda: list(TINY_SPEAKERS))
+    stats: Any = None
+
+
+def make_tiny_corpus(train: int = 48, val: int = 12, seed: int = 0) -> TinyCorpus:
+    """Made-up training and validation scenes (different seeds, so validation is held out)."""
+    return TinyCorpus(make_scene_documents(train, seed=seed), make_scene_documents(val, seed=seed + 1))
+
+
+def tiny_train_config(checkpoint_dir: Path, **overrides: Any) -> Any:
+    """A TrainConfig for a tiny scratch model that trains in a second or two on a CPU."""
+    from trainer.config import TrainConfig
+
+    settings: dict[str, Any] = dict(
+        init="scratch", scratch_layers=2, scratch_dim=64, scratch_heads=2, scratch_vocab=300,
+        block_size=64, batch_size=4, grad_accum=1, steps=30, lr=3e-3, warmup_steps=3,
+        eval_every=10, eval_batches=0, patience=0, sample_every=0, sample_tokens=20, checkpoint_every=10,
+        checkpoint_dir=Path(checkpoint_dir), run_id="tiny", progress=False, log_every=1, device="cpu",
+        compile=False,
+    )
+    settings.update(overrides)
+    config = TrainConfig(**settings)
+    config.validate(need_corpus=False)
+    return config
