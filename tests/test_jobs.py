@@ -1,0 +1,194 @@
+"""Training jobs: parameter checks, metrics tailing, and the real trainer run, killed and resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from trainer import runs
+from trainer.jobs import BadJobParams, Job, JobConflict, JobManager, JobParams, JobStore, MetricsTail
+
+_SPEAKERS = ("Jon Snow", "Tyrion Lannister", "Arya Stark", "Cersei Lannister")
+_LINES = ("Winter is coming.", "I drink and I know things.", "A girl has no name.", "The north remembers.",
+          "Where are you going?", "To the Wall.")
+
+
+def write_tiny_corpus(path: Path, episodes: int = 12, lines_per_episode: int = 30) -> Path:
+    """A small corpus CSV in the real column layout (a dozen made-up episodes)."""
+    rng = random.Random(0)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Release Date", "Season", "Episode", "Episode Title", "Name", "Sentence"])
+        for episode in range(1, episodes + 1):
+            for _ in range(lines_per_episode):
+                writer.writerow(["2011-04-17", 1, episode, f"Episode {episode}", rng.choice(_SPEAKERS),
+                                 rng.choice(_LINES)])
+    return path
+
+
+def tiny_train_args(*, checkpoint_every: int = 5, eval_every: int = 10) -> list[str]:
+    """Trainer flags for a tiny scratch model on the CPU (a step takes a few milliseconds)."""
+    return ["--scratch-layers", "2", "--scratch-dim", "64", "--scratch-heads", "2", "--scratch-vocab", "300",
+            "--block-size", "32", "--batch-size", "4", "--eval-every", str(eval_every), "--eval-batches", "2",
+            "--sample-every", "0", "--checkpoint-every", str(checkpoint_every), "--warmup-steps", "0",
+            "--device", "cpu", "--log-every", "1", "--patience", "0"]
+
+
+def tiny_manager(root: Path, **options) -> JobManager:
+    """A job manager whose jobs train a tiny scratch model, polling metrics often."""
+    options.setdefault("extra_train_args", tiny_train_args())
+    options.setdefault("poll_interval_s", 0.05)
+    options.setdefault("cancel_grace_s", 5.0)
+    return JobManager(root, **options)
+
+
+async def wait_for(manager: JobManager, job_id: str, predicate, timeout: float = 60.0) -> Job:
+    """Follow a job until ``predicate(job)`` holds (or the job finishes)."""
+    async def follow() -> Job:
+        async for job in manager.watch(job_id):
+            if predicate(job) or job.finished:
+                return job
+        return manager.get(job_id)
+
+    return await asyncio.wait_for(follow(), timeout)
+
+
+# --- parameters ------------------------------------------------------------------------------------
+
+
+def test_params_translate_to_trainer_flags() -> None:
+    """A job's options map onto the real train flags."""
+    params = JobParams.from_json({"steps": 50, "learning_rate": 3e-4, "init": "gpt2", "corpus": "a.csv"})
+    assert params.train_args() == [
+        "--steps", "50", "--lr", "0.0003", "--init", "pretrained", "--model", "gpt2", "--corpus", "a.csv"
+    ]
+    assert JobParams.from_json(params.to_json()) == params
+    assert JobParams.from_json({}).train_args() == ["--init", "current"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ([], "JSON object"),
+        ({"steps": "ten"}, "steps must be a whole number"),
+        ({"steps": 0}, "between 1 and"),
+        ({"steps": True}, "whole number"),
+        ({"steps": 10, "epochs": 1}, "not both"),
+        ({"learning_rate": -1}, "greater than 0"),
+        ({"learning_rate": float("nan")}, "greater than 0"),
+        ({"epochs": 5000}, "at most"),
+        ({"init": "bert"}, "init must be one of"),
+        ({"corpus": [""]}, "corpus must be"),
+        ({"stpes": 10}, "Unknown field 'stpes'"),
+    ],
+)
+def test_bad_params_get_one_sentence(body, fragment: str) -> None:
+    """Every malformed or out-of-range option is refused with a sentence naming it."""
+    with pytest.raises(BadJobParams, match=fragment):
+        JobParams.from_json(body)
+
+
+def test_metrics_tail_waits_for_whole_lines(tmp_path: Path) -> None:
+    """A half-written last line is read only once it is complete; garbage lines are skipped."""
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.read_new() == []
+    path.write_text('{"event": "start", "total_steps": 5}\nnot json\n{"event": "st', encoding="utf-8")
+    assert tail.read_new() == [{"event": "start", "total_steps": 5}]
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write('ep", "step": 1}\n')
+    assert tail.read_new() == [{"event": "step", "step": 1}]
+    assert tail.read_new() == []
+
+
+def test_a_job_left_running_is_interrupted_on_the_next_start(tmp_path: Path) -> None:
+    """History written by a parent that died mid-job loads with that job interrupted."""
+    job = Job(id="abc", params=JobParams(steps=5), run_id="run-x", state="running", step=3, pid=None)
+    JobStore(tmp_path).save([job])
+
+    async def reopen() -> Job:
+        manager = JobManager(tmp_path)
+        await manager.open()
+        return manager.get("abc")
+
+    reopened = asyncio.run(reopen())
+    assert reopened.state == "interrupted" and reopened.step == 3
+    assert "resume" in (reopened.error or "")
+    saved = json.loads((tmp_path / "jobs" / "jobs.json").read_text(encoding="utf-8"))
+    assert saved["jobs"][0]["state"] == "interrupted"
+
+
+# --- the real trainer ------------------------------------------------------------------------------
+
+
+async def test_a_job_trains_reports_progress_and_publishes(tmp_path: Path) -> None:
+    """A tiny job runs the real trainer; progress arrives step by step and the run is published."""
+    corpus = write_tiny_corpus(tmp_path / "corpus.csv")
+    manager = tiny_manager(tmp_path / "ck")
+    await manager.open()
+    params = JobParams(steps=12, init="scratch", corpus=(str(corpus),))
+    job = await manager.start(params, requested_by="tester")
+    seen_steps = []
+    async for update in manager.watch(job.id):
+        seen_steps.append(update.step)
+    final = manager.get(job.id)
+    assert final.state == "succeeded", manager.log_path(job.id).read_text(encoding="utf-8")
+    assert final.step == final.total_steps == 12
+    assert len(set(seen_steps)) > 2, "progress should arrive in several updates"
+    assert final.loss is not None and final.tokens_per_s and final.val_ppl_after and final.val_ppl_before
+    assert final.published_run_id == final.run_id == runs.current_run_id(tmp_path / "ck")
+    assert runs.load_run(tmp_path / "ck", final.run_id).manifest.steps == 12
+    assert manager.log_path(job.id).is_file()
+    with pytest.raises(JobConflict, match="already finished"):
+        await manager.cancel(job.id)
+    await manager.close()
+
+
+async def test_a_killed_trainer_is_interrupted_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL mid-run (as the OOM killer would) leaves the job interrupted; resume finishes it."""
+    corpus = write_tiny_corpus(tmp_path / "corpus.csv")
+    args = tiny_train_args(checkpoint_every=10, eval_every=100)
+    manager = tiny_manager(tmp_path / "ck", extra_train_args=args)
+    await manager.open()
+    job = await manager.start(JobParams(steps=300, init="scratch", corpus=(str(corpus),)))
+    running = await wait_for(manager, job.id, lambda j: (j.last_checkpoint_step or 0) >= 10)
+    assert running.state == "running", "the tiny run ended before it could be killed"
+    os.killpg(running.pid, signal.SIGKILL)
+    killed = await wait_for(manager, job.id, lambda j: j.finished)
+    assert killed.state == "interrupted" and "SIGKILL" in (killed.error or "")
+    assert killed.step < 300
+
+    resumed = await manager.resume(job.id)
+    assert resumed.state == "running" and resumed.attempts == 2
+    done = await wait_for(manager, job.id, lambda j: False, timeout=120)
+    assert done.state == "succeeded", manager.log_path(job.id).read_text(encoding="utf-8")[-2000:]
+    assert done.step == 300 and done.published_run_id == job.run_id
+    metrics = (tmp_path / "ck" / "work" / job.run_id / "metrics.jsonl").read_text(encoding="utf-8")
+    starts = [json.loads(line) for line in metrics.splitlines() if '"start"' in line]
+    assert starts[-1]["resumed_from"] is not None and starts[-1]["resumed_from"] >= 10
+    await manager.close()
+
+
+async def test_cancel_stops_the_trainer_and_a_second_job_is_refused_while_busy(tmp_path: Path) -> None:
+    """One job at a time; cancel ends the running one (SIGTERM to its group) as cancelled."""
+    corpus = write_tiny_corpus(tmp_path / "corpus.csv")
+    manager = tiny_manager(tmp_path / "ck")
+    await manager.open()
+    job = await manager.start(JobParams(steps=100_000, init="scratch", corpus=(str(corpus),)))
+    with pytest.raises(JobConflict, match="already running"):
+        await manager.start(JobParams(steps=5, init="scratch", corpus=(str(corpus),)))
+    await wait_for(manager, job.id, lambda j: j.step >= 1)
+    cancelled = await manager.cancel(job.id)
+    assert cancelled.state == "cancelled" and cancelled.step < 100_000
+    assert manager.active() is None
+    assert job.pid is not None
+    with pytest.raises(ProcessLookupError):  # the trainer's whole process group is gone
+        os.killpg(job.pid, 0)
+    await manager.close()
