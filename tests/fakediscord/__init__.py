@@ -1,0 +1,65 @@
+"""A loopback stand-in for Discord for tests: start it, point discord.py at it, act as users, assert.
+
+    async with FakeDiscord(token="test-token") as fake, running_bot(fake, MyBot(...)) as bot:
+        alice = fake.make_user("alice")
+        inter = await fake.invoke("scene", {"characters": "Jon Snow"}, user=alice)
+        await inter.wait_done(timeout=5)
+        assert "Jon" in inter.original.text
+
+The `fake_discord` fixture does the first line and fails the test when the bot sent a request body
+that Discord's OpenAPI spec rejects (import it into a test module to use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from . import payloads
+from .client import patch_discord, running_bot
+from .server import (
+    Attachment,
+    CommandSync,
+    DiscordError,
+    FakeDiscord,
+    InjectedFailure,
+    Interaction,
+    Message,
+    RecordedRequest,
+    Snapshot,
+    User,
+    check_message_body,
+)
+from .spec import SPEC_SKIP_REASON, SpecViolation, load_spec
+
+__all__ = [
+    "SPEC_SKIP_REASON",
+    "Attachment",
+    "CommandSync",
+    "DiscordError",
+    "FakeDiscord",
+    "InjectedFailure",
+    "Interaction",
+    "Message",
+    "RecordedRequest",
+    "Snapshot",
+    "SpecViolation",
+    "User",
+    "check_message_body",
+    "fake_discord",
+    "load_spec",
+    "patch_discord",
+    "payloads",
+    "running_bot",
+]
+
+
+@pytest.fixture
+async def fake_discord() -> AsyncIterator[FakeDiscord]:
+    """A started FakeDiscord; the test fails if any request body broke Discord's OpenAPI spec."""
+    async with FakeDiscord(token="test-token") as fake:
+        yield fake
+    if fake.spec_violations:
+        listed = "\n".join(f"  {v}" for v in fake.spec_violations)
+        pytest.fail(f"requests that Discord's OpenAPI spec rejects:\n{listed}", pytrace=False)
