@@ -148,3 +148,23 @@ def tiny_train_config(checkpoint_dir: Path, **overrides: Any) -> Any:
     config = TrainConfig(**settings)
     config.validate(need_corpus=False)
     return config
+
+
+def write_tiny_csv(path: Path, episodes: int = 6, lines_per_episode: int = 24, seed: int = 0) -> Path:
+    """A made-up corpus CSV in the real files' columns (several episodes, so validation can hold some out)."""
+    import csv
+
+    rng = random.Random(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Release Date", "Season", "Episode", "Episode Title", "Name", "Sentence"])
+        for number in range(1, episodes + 1):
+            for line in range(lines_per_episode):
+                if line % 6 == 0:  # the scene-marked CSV starts each scene with a "changeofscene" row
+                    writer.writerow(["2011-04-17", "Season 1", f"Episode {number}", f"Episode {number}",
+                                     "changeofscene", "A hall in Winterfell."])
+                writer.writerow(["2011-04-17", "Season 1", f"Episode {number}", f"Episode {number}",
+                                 rng.choice(TINY_SPEAKERS), rng.choice(_LINES)])
+    return path
