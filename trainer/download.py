@@ -65,10 +65,11 @@ class DownloadError(UserError):
 def download_corpus(
     dest: Path,
     base_url: str = DEFAULT_BASE_URL,
-    files: Sequence[CorpusFile] = CORPUS_FILES,
+    files: Sequence[CorpusFile] | None = None,
     timeout: float = TIMEOUT_S,
 ) -> list[tuple[str, str]]:
-    """Fetch ``files`` into ``dest``; returns (name, "skipped" | "downloaded") per file."""
+    """Fetch ``files`` (default: the corpus) into ``dest``; returns (name, "skipped" | "downloaded") each."""
+    files = CORPUS_FILES if files is None else files
     dest = Path(dest)
     try:
         dest.mkdir(parents=True, exist_ok=True)
