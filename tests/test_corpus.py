@@ -83,6 +83,12 @@ def test_text_form_is_cut_into_fixed_pseudo_episodes_and_scenes(tmp_path):
     assert corpus.counts.dialogue_rows == count
 
 
+def test_text_form_speaker_names_may_hold_commas(tmp_path):
+    path = write_text_form(tmp_path / "script.txt", [("sam, pyp and grenn", "Yes!"), ("jon snow", "Go.")])
+    turns = load_corpus([path]).episodes[0].scenes[0].turns
+    assert [t.speaker for t in turns] == ["Sam, Pyp and Grenn", "Jon Snow"]
+
+
 def test_text_form_with_lf_endings_and_no_final_separator(tmp_path):
     path = tmp_path / "script.txt"
     path.write_text("jon snow:\nWinter is coming.\n \nsam:\nI read it in a book.", encoding="utf-8")
@@ -247,6 +253,8 @@ def test_same_episode_in_two_files_is_refused(tmp_path):
         ("jaqen h'ghar", "Jaqen H'ghar"),
         ("grey worm", "Grey Worm"),
         ("brienne", "Brienne of Tarth"),
+        ("lord of bones", "Lord of Bones"),
+        ("the waif", "The Waif"),
     ],
 )
 def test_speaker_names_are_normalised(raw, expected):

@@ -48,6 +48,8 @@ LONG_UTTERANCE_CHARS = 1500  # utterances longer than this are counted (and kept
 
 # --- cleaning tables -------------------------------------------------------------------------------
 
+# Words a title-cased name keeps in lower case after its first word: "Lord of Bones", "Sam and Gilly".
+LOWER_CASE_WORDS = frozenset({"of", "and", "the", "zo", "van", "de"})
 # Leftover stage directions inside a line: "[Coughs]", "[to Viserys]".
 DIRECTION_RE = re.compile(r"\[[^\]]*\]")
 # OCR read a capital I as a lower-case l; these whole words are never English otherwise.
@@ -172,19 +174,17 @@ def split_episodes(corpus: Corpus, val_fraction: float) -> tuple[list[Episode], 
 def detect_form(path: Path, text: str) -> str:
     """``"csv"`` or ``"text"``, judged from the first non-blank line; anything else is a CorpusError."""
     first = next((line for line in _lines(text) if line.strip()), "")
-    if first.rstrip().endswith(":") and "," not in first:
+    names = [name.strip() for name in next(csv.reader([first]), [])]
+    missing = [column for column in CSV_COLUMNS if column not in names]
+    if not missing:
+        return "csv"
+    if len(missing) < len(CSV_COLUMNS):  # a header, but an incomplete one
+        raise CorpusError(
+            f"{path} line 1: the CSV header lacks the column{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(missing)} (expected {','.join(CSV_COLUMNS)})."
+        )
+    if first.rstrip().endswith(":"):
         return "text"
-    header = next(csv.reader([first]), [])
-    names = [name.strip() for name in header]
-    if len(names) > 1:
-        missing = [column for column in CSV_COLUMNS if column not in names]
-        if not missing:
-            return "csv"
-        if len(missing) < len(CSV_COLUMNS):
-            raise CorpusError(
-                f"{path} line 1: the CSV header lacks the column{'s' if len(missing) > 1 else ''} "
-                f"{', '.join(missing)} (expected {','.join(CSV_COLUMNS)})."
-            )
     raise CorpusError(
         f"{path} is not a corpus file: expected a CSV with the header {','.join(CSV_COLUMNS)} or the "
         "plain text form ('speaker name:' line, utterance line, line holding one space)."
@@ -201,7 +201,9 @@ def normalise_speaker(raw: str) -> str:
     key = " ".join(raw.replace("_", " ").split()).strip(" :").lower()
     if key in _ALIASES:
         return _ALIASES[key]
-    return " ".join(_title_word(word) for word in key.split(" "))
+    words = key.split(" ")
+    rest = [word if word in LOWER_CASE_WORDS else _title_word(word) for word in words[1:]]
+    return " ".join([_title_word(words[0]), *rest])
 
 
 def clean_utterance(raw: str) -> str:
