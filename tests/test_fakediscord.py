@@ -14,7 +14,14 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.fakediscord import FakeDiscord, check_message_body, load_spec, payloads, running_bot
+from tests.fakediscord import (
+    FakeDiscord,
+    check_message_body,
+    fake_discord,  # noqa: F401 (a pytest fixture, used by name)
+    load_spec,
+    payloads,
+    running_bot,
+)
 from tests.fakediscord.server import DiscordError
 
 TOKEN = "test-token"
@@ -111,6 +118,8 @@ class ToyBot(commands.Bot):
             assert interaction.channel is not None
             sent = await interaction.channel.send("long job started")  # type: ignore[union-attr]
             await sent.edit(content="long job finished")
+            full = discord.File(io.BytesIO(b"JON: Winter.\nARYA: No."), "full.txt")
+            await interaction.edit_original_response(content="full scene attached", attachments=[full])
 
         @tree.command()
         async def embed(interaction: discord.Interaction, size: int) -> None:
@@ -335,6 +344,9 @@ async def test_file_upload_followup_and_channel_messages() -> None:
         plain = [m for m in fake.channel_messages() if m.webhook_id is None]
         assert [m.content for m in plain] == ["long job finished"]
         assert [s.content for s in plain[0].history] == ["long job started", "long job finished"]
+        await inter.wait_done(lambda i: i.original is not None and bool(i.original.attachments))
+        assert inter.original is not None and inter.original.content == "full scene attached"
+        assert [a.text for a in inter.original.attachments] == ["JON: Winter.\nARYA: No."]
 
 
 async def test_modal_round_trip() -> None:
@@ -395,3 +407,64 @@ async def test_spec_validation_catches_a_bad_body() -> None:
         async with http.get(f"{fake.api_url}/users/@me", headers={"Authorization": "Bot nope"}) as denied:
             assert denied.status == 401
         assert fake.response_violations == []
+
+
+async def test_server_errors_are_retried() -> None:
+    """A 502 on a channel message is retried by discord.py (after its own 1 s back-off)."""
+    async with toy() as (fake, _bot):
+        failure = fake.inject_failure("POST", r"^/channels/\d+/messages$", status=502)
+        inter = await fake.invoke("upload", user=fake.make_user("alice"))
+        await inter.wait_done(lambda i: i.original is not None and bool(i.original.attachments), timeout=5)
+        assert failure.hits == 1
+        posts = [r.status for r in fake.requests if r.method == "POST" and r.path.startswith("/channels/")]
+        assert posts == [502, 200]
+
+
+async def test_gateway_protocol_by_hand() -> None:
+    """HELLO, heartbeat ACK, READY and GUILD_CREATE in sequence, RESUME replay, stale session refused."""
+    async with FakeDiscord(token=TOKEN) as fake, aiohttp.ClientSession() as http:
+        async with http.ws_connect(fake.gateway_url + "?v=10&encoding=json&compress=zlib-stream") as ws:
+            assert (await ws.receive_json())["op"] == 10
+            await ws.send_json({"op": 1, "d": None})
+            assert (await ws.receive_json())["op"] == 11
+            await ws.send_json({"op": 2, "d": {"token": TOKEN, "intents": 513, "properties": {}}})
+            ready, guild = await ws.receive_json(), await ws.receive_json()
+            assert (ready["t"], ready["s"], guild["t"], guild["s"]) == ("READY", 1, "GUILD_CREATE", 2)
+            assert ready["d"]["resume_gateway_url"] == fake.gateway_url
+            assert all("flags" in m for m in guild["d"]["members"])
+            session = ready["d"]["session_id"]
+        await fake.dispatch("TYPING_START", {"channel_id": fake.default_channel_id})  # missed while away
+        async with http.ws_connect(fake.gateway_url) as ws:
+            await ws.receive_json()
+            await ws.send_json({"op": 6, "d": {"token": TOKEN, "session_id": session, "seq": 2}})
+            replayed, resumed = await ws.receive_json(), await ws.receive_json()
+            got = (replayed["t"], replayed["s"], resumed["t"], resumed["s"])
+            assert got == ("TYPING_START", 3, "RESUMED", 4)
+        async with http.ws_connect(fake.gateway_url) as ws:
+            await ws.receive_json()
+            await ws.send_json({"op": 6, "d": {"token": TOKEN, "session_id": "stale", "seq": 1}})
+            assert (await ws.receive_json()) == {"op": 9, "s": None, "t": None, "d": False}
+
+
+async def test_rest_answers_match_the_spec(fake_discord: FakeDiscord) -> None:  # noqa: F811
+    """Every REST route the stand-in serves answers in the shape Discord's spec declares."""
+    if load_spec() is None:
+        pytest.skip("Discord's OpenAPI spec is not available beside the repository")
+    fake = fake_discord
+    alice = fake.make_user("alice")
+    auth = {"Authorization": f"Bot {fake.token}"}
+    api = fake.api_url
+    async with aiohttp.ClientSession(headers=auth) as http:
+        async with http.post(f"{api}/users/@me/channels", json={"recipient_id": alice.id}) as resp:
+            dm = await resp.json()
+        async with http.post(f"{api}/channels/{dm['id']}/messages", json={"content": "retrain finished"}):
+            pass
+        for path in ("/users/@me", "/oauth2/applications/@me", "/gateway/bot", f"/users/{alice.id}",
+                     f"/applications/{fake.app_id}/commands", f"/channels/{fake.default_channel_id}",
+                     f"/guilds/{fake.guild_id}", f"/guilds/{fake.guild_id}/members/{alice.id}",
+                     f"/channels/{dm['id']}/messages?limit=5"):
+            async with http.get(api + path) as resp:
+                assert resp.status == 200, path
+                assert resp.headers["Content-Type"] == "application/json"
+    assert [m.content for m in fake.dm_messages(alice)] == ["retrain finished"]
+    assert fake.response_violations == [] and fake.unhandled == []

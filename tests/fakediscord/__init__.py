@@ -60,6 +60,7 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     """A started FakeDiscord; the test fails if any request body broke Discord's OpenAPI spec."""
     async with FakeDiscord(token="test-token") as fake:
         yield fake
-    if fake.spec_violations:
-        listed = "\n".join(f"  {v}" for v in fake.spec_violations)
-        pytest.fail(f"requests that Discord's OpenAPI spec rejects:\n{listed}", pytrace=False)
+    try:
+        fake.assert_spec_clean()
+    except AssertionError as exc:
+        pytest.fail(str(exc), pytrace=False)

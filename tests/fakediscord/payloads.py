@@ -142,6 +142,11 @@ def text_channel(channel_id: str, guild_id: str, name: str, position: int) -> di
     }
 
 
+def dm_channel(channel_id: str, recipient: dict[str, Any]) -> dict[str, Any]:
+    """A direct-message channel (type 1) with one recipient."""
+    return {"id": channel_id, "type": 1, "last_message_id": None, "flags": 0, "recipients": [recipient]}
+
+
 def guild(
     guild_id: str,
     name: str,
@@ -183,6 +188,11 @@ def guild(
         "max_members": 500000,
         "max_video_channel_users": 25,
         "widget_enabled": False,
+        "widget_channel_id": None,
+        "home_header": None,
+        "max_presences": None,
+        "max_stage_video_channel_users": 50,
+        "nsfw": False,
         "features": [],
         "roles": roles,
         "emojis": [],

@@ -56,6 +56,10 @@ class DiscordError(Exception):
         return body
 
 
+class NoRoute(DiscordError):
+    """A path the stand-in does not implement (recorded in `FakeDiscord.unhandled`)."""
+
+
 def unknown_interaction() -> DiscordError:
     return DiscordError(404, 10062, "Unknown interaction")
 
@@ -165,7 +169,7 @@ class Message:
 
     id: str
     channel_id: str
-    guild_id: str
+    guild_id: str | None
     author: dict[str, Any]
     content: str = ""
     embeds: list[dict[str, Any]] = field(default_factory=list)
@@ -306,7 +310,9 @@ class Interaction:
         if self.response_type is None:
             return False
         if self.response_type in (5, 6):
-            return bool(self.followups) or bool(self.original and self.original.edits)
+            acked = self.acked_at or 0.0
+            edited = self.original is not None and any(s.at >= acked for s in self.original.edits)
+            return bool(self.followups) or edited
         return True
 
     async def wait_done(
@@ -448,6 +454,7 @@ class FakeDiscord:
         self.spec_violations: list[SpecViolation] = []
         self.response_violations: list[SpecViolation] = []
         self.failures: list[InjectedFailure] = []
+        self.unhandled: list[RecordedRequest] = []  # requests for paths the stand-in does not implement
         self.commands: dict[str, dict[str, Any]] = {}  # global, by name
         self.guild_commands: dict[str, dict[str, dict[str, Any]]] = {}  # guild id -> name -> command
         self.syncs: list[CommandSync] = []
@@ -575,7 +582,7 @@ class FakeDiscord:
     def channel_id(self, name: str) -> str:
         """The id of the text channel called `name`."""
         for cid, channel in self.channels.items():
-            if channel["name"] == name:
+            if channel.get("name") == name:
                 return cid
         raise LookupError(f"no channel named {name!r}")
 
@@ -602,7 +609,8 @@ class FakeDiscord:
     def guild_payload(self) -> dict[str, Any]:
         return payloads.guild(
             self.guild_id, self.guild_name, owner_id=self.owner["id"], roles=list(self.roles.values()),
-            channels=list(self.channels.values()), members=list(self.members.values()),
+            channels=[c for c in self.channels.values() if c["type"] != 1],
+            members=list(self.members.values()),
         )
 
     def channel_messages(self, channel_id: str | None = None) -> list[Message]:
@@ -611,6 +619,12 @@ class FakeDiscord:
         return [
             m for m in self.messages.values() if m.channel_id == cid and not m.deleted and not m.ephemeral
         ]
+
+    def assert_spec_clean(self) -> None:
+        """Raise AssertionError listing every request body Discord's OpenAPI spec rejected."""
+        if self.spec_violations:
+            listed = "\n".join(f"  {v}" for v in self.spec_violations)
+            raise AssertionError(f"requests that Discord's OpenAPI spec rejects:\n{listed}")
 
     @property
     def sync_count(self) -> int:
@@ -829,7 +843,13 @@ class FakeDiscord:
         timeout: float = 3.0,
     ) -> list[dict[str, Any]]:
         """Type into an autocomplete option; returns the choices the bot answered (callback type 8)."""
+        command_def = self.synced_command(command.split()[0])
         data, _ = self._command_data(command, {**(options or {}), option: partial}, user, option, False)
+        leaf_defs = command_def.get("options", [])
+        for sub in command.split()[1:]:
+            leaf_defs = next(o for o in leaf_defs if o["name"] == sub).get("options", [])
+        if not any(o["name"] == option and o.get("autocomplete") for o in leaf_defs):
+            raise ValueError(f"/{command} {option}: the synced option has no autocomplete")
         inter = await self._dispatch_interaction(4, command, data, user, channel_id)
         await inter.wait_done(lambda i: i.choices is not None, timeout)
         return inter.choices or []
@@ -937,6 +957,11 @@ class FakeDiscord:
         add("DELETE", webhook_message, self._delete_webhook_message, auth=False)
         add("POST", r"/webhooks/(?P<app>\d+)/(?P<token>[^/]+)", self._followup, auth=False)
         add("GET", r"/channels/(?P<cid>\d+)", self._get_channel, auth=True)
+        add("GET", r"/channels/(?P<cid>\d+)/messages", self._channel_history, auth=True)
+        add("GET", r"/guilds/(?P<gid>\d+)", self._get_guild, auth=True)
+        add("GET", r"/guilds/(?P<gid>\d+)/members/(?P<uid>\d+)", self._get_member, auth=True)
+        add("GET", r"/users/(?P<uid>\d+)", self._get_user, auth=True)
+        add("POST", r"/users/@me/channels", self._open_dm, auth=True)
         add("POST", r"/channels/(?P<cid>\d+)/typing", self._typing, auth=True)
         add("POST", r"/channels/(?P<cid>\d+)/messages", self._post_channel_message, auth=True)
         channel_message = r"/channels/(?P<cid>\d+)/messages/(?P<mid>\d+)"
@@ -993,6 +1018,10 @@ class FakeDiscord:
                 record.status, record.response = response.status, json.loads(response.body)  # type: ignore[arg-type]
                 return response
             status, reply = await self._route(request, method, path, body, uploads, record.authorized)
+        except NoRoute as err:
+            log.warning("the stand-in has no handler for %s %s", method, path)
+            self.unhandled.append(record)
+            status, reply = err.status, err.body()
         except DiscordError as err:
             status, reply = err.status, err.body()
             self._note_error(method, path, err)
@@ -1028,7 +1057,7 @@ class FakeDiscord:
             return await handler(request, match.groupdict(), body, uploads)
         if path_matched:
             raise DiscordError(405, 0, "405: Method Not Allowed")
-        raise DiscordError(404, 0, "404: Not Found")
+        raise NoRoute(404, 0, "404: Not Found")
 
     def _note_error(self, method: str, path: str, err: DiscordError) -> None:
         """Attach an error answer to the interaction it concerns, so tests can see what the bot hit."""
@@ -1117,7 +1146,8 @@ class FakeDiscord:
         flags: int = 0, message_type: int = 0,
     ) -> Message:
         msg = Message(
-            id=self.ids.next(), channel_id=channel_id, guild_id=self.guild_id, author=self.bot_user,
+            id=self.ids.next(), channel_id=channel_id, author=self.bot_user,
+            guild_id=None if self.channels[channel_id]["type"] == 1 else self.guild_id,
             type=message_type, flags=flags,
         )
         if inter is not None:
@@ -1296,6 +1326,58 @@ class FakeDiscord:
 
     async def _get_channel(self, _r: web.Request, params: dict[str, str], *_: Any) -> tuple[int, JsonBody]:
         return 200, self._channel(params)
+
+    async def _channel_history(
+        self, request: web.Request, params: dict[str, str], *_: Any
+    ) -> tuple[int, JsonBody]:
+        self._channel(params)
+        limit = max(1, min(100, int(request.query.get("limit", "50"))))
+        newest_first = list(reversed(self.channel_messages(params["cid"])))
+        if "before" in request.query:
+            newest_first = [m for m in newest_first if int(m.id) < int(request.query["before"])]
+        return 200, [m.payload() for m in newest_first[:limit]]
+
+    async def _get_guild(self, _r: web.Request, params: dict[str, str], *_: Any) -> tuple[int, JsonBody]:
+        if params["gid"] != self.guild_id:
+            raise DiscordError(404, 10004, "Unknown Guild")
+        g = self.guild_payload()
+        # GET /guilds/{id} is GUILD_CREATE minus the gateway-only state.
+        gateway_only = ("members", "channels", "threads", "presences", "voice_states", "stage_instances",
+                        "guild_scheduled_events", "joined_at", "large", "unavailable", "member_count",
+                        "soundboard_sounds")
+        return 200, {k: v for k, v in g.items() if k not in gateway_only}
+
+    async def _get_member(self, _r: web.Request, params: dict[str, str], *_: Any) -> tuple[int, JsonBody]:
+        found = self.members.get(params["uid"]) if params["gid"] == self.guild_id else None
+        if found is None:
+            raise DiscordError(404, 10007, "Unknown Member")
+        return 200, found
+
+    async def _get_user(self, _r: web.Request, params: dict[str, str], *_: Any) -> tuple[int, JsonBody]:
+        found = self.members.get(params["uid"])
+        if found is None:
+            raise DiscordError(404, 10013, "Unknown User")
+        return 200, found["user"]
+
+    async def _open_dm(
+        self, _r: web.Request, _p: dict[str, str], body: JsonBody, _u: list[Upload]
+    ) -> tuple[int, JsonBody]:
+        recipient = str((body or {}).get("recipient_id", ""))
+        if recipient not in self.members:
+            raise form_error({"recipient_id": _field_error("BASE_TYPE_REQUIRED", "Unknown user")})
+        existing = next((c for c in self.channels.values()
+                         if c["type"] == 1 and c["recipients"][0]["id"] == recipient), None)
+        if existing is None:
+            channel_id = self.ids.next()
+            existing = self.channels[channel_id] = payloads.dm_channel(
+                channel_id, self.members[recipient]["user"])
+        return 200, existing
+
+    def dm_messages(self, user: User) -> list[Message]:
+        """Messages the bot sent to `user` in a direct message, oldest first."""
+        channel = next((c for c in self.channels.values()
+                        if c["type"] == 1 and c["recipients"][0]["id"] == user.id), None)
+        return [] if channel is None else self.channel_messages(channel["id"])
 
     async def _typing(self, _r: web.Request, params: dict[str, str], *_: Any) -> tuple[int, JsonBody]:
         self._channel(params)
