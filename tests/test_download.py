@@ -165,3 +165,24 @@ def test_cli_reports_each_file(server, tmp_path, monkeypatch, capsys):
         f"{dest / 'script.csv'}: already present, checksum ok",
         f"{dest / 'script.txt'}: already present, checksum ok",
     ]
+
+
+REAL_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+@pytest.mark.skipif(
+    not REAL_CORPUS.is_dir(), reason="the real script corpus (../shared/corpus) is not present"
+)
+def test_built_in_checksums_match_the_published_corpus(server, tmp_path, monkeypatch, capsys):
+    """Served from a loopback mirror at the published paths, the real files pass the built-in checks."""
+    base_url, root, _ = server
+    for spec in CORPUS_FILES:
+        link = root / "mirror" / spec.remote_path
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(REAL_CORPUS / spec.name)
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("trainer.download", "trainer.prepare"))
+    dest = tmp_path / "dest"
+
+    assert cli.main(["download-corpus", "--dest", str(dest), "--base-url", base_url]) == 0
+    assert sorted(p.name for p in dest.iterdir()) == sorted(spec.name for spec in CORPUS_FILES)
+    assert all(line.endswith("downloaded, checksum ok") for line in capsys.readouterr().out.splitlines())
