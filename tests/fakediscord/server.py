@@ -19,12 +19,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from . import payloads
-from .spec import SPEC_SKIP_REASON, SpecViolation, load_spec
+from .spec import SPEC_PATH, SpecViolation, load_spec, skip_reason
 
 log = logging.getLogger("fakediscord")
 
@@ -87,10 +88,15 @@ def check_message_body(body: dict[str, Any], prefix: tuple[str, ...] = ()) -> No
     """Raise 50035 the way Discord does when content or embeds break the documented limits."""
     errors: dict[str, Any] = {}
     content = body.get("content")
-    if isinstance(content, str) and len(content) > CONTENT_LIMIT:
+    if content is not None and not isinstance(content, str):
+        _nest(errors, [*prefix, "content"], _field_error("BASE_TYPE_STRING", "Must be a string."))
+    elif isinstance(content, str) and len(content) > CONTENT_LIMIT:
         _nest(errors, [*prefix, "content"], _field_error(
             "BASE_TYPE_MAX_LENGTH", f"Must be {CONTENT_LIMIT} or fewer in length."))
     embeds = body.get("embeds") or []
+    if not isinstance(embeds, list) or not all(isinstance(e, dict) for e in embeds):
+        _nest(errors, [*prefix, "embeds"], _field_error("BASE_TYPE_ARRAY", "Must be an array of objects."))
+        raise form_error(errors)
     if len(embeds) > EMBEDS_PER_MESSAGE:
         _nest(errors, [*prefix, "embeds"], _field_error(
             "BASE_TYPE_MAX_LENGTH", f"Must be {EMBEDS_PER_MESSAGE} or fewer in length."))
@@ -416,6 +422,7 @@ class FakeDiscord:
         heartbeat_interval: float = 41.25,
         allowed_privileged_intents: int = payloads.PRIVILEGED_INTENTS,
         validate_spec: bool = True,
+        spec_path: Path = SPEC_PATH,
         guild_name: str = "Westeros",
         channel_names: tuple[str, ...] = ("general", "bot-log"),
         bot_name: str = "maester",
@@ -466,10 +473,13 @@ class FakeDiscord:
         self.gateway_connections = 0
         self.close_codes: list[int] = []  # codes the fake closed client sockets with
 
-        self._spec = load_spec() if validate_spec else None
+        self._spec = load_spec(spec_path) if validate_spec else None
+        # None while validating; otherwise why not (missing spec file, or switched off).
         self.spec_skip_reason: str | None = (
-            None if self._spec else (SPEC_SKIP_REASON if validate_spec else "spec validation disabled")
+            None if self._spec else (skip_reason(spec_path) if validate_spec else "spec validation disabled")
         )
+        if self.spec_skip_reason:
+            log.info("%s", self.spec_skip_reason)
         self._session: GatewaySession | None = None
         self._ws: web.WebSocketResponse | None = None
         self._sockets: set[web.WebSocketResponse] = set()
@@ -620,11 +630,12 @@ class FakeDiscord:
             m for m in self.messages.values() if m.channel_id == cid and not m.deleted and not m.ephemeral
         ]
 
-    def assert_spec_clean(self) -> None:
-        """Raise AssertionError listing every request body Discord's OpenAPI spec rejected."""
-        if self.spec_violations:
-            listed = "\n".join(f"  {v}" for v in self.spec_violations)
-            raise AssertionError(f"requests that Discord's OpenAPI spec rejects:\n{listed}")
+    def assert_clean(self) -> None:
+        """Raise AssertionError if the bot sent bodies the spec rejects or called routes the fake lacks."""
+        problems = [f"  spec: {v}" for v in self.spec_violations]
+        problems += [f"  not implemented by the stand-in: {r.method} {r.path}" for r in self.unhandled]
+        if problems:
+            raise AssertionError("the bot's requests were not all valid:\n" + "\n".join(problems))
 
     @property
     def sync_count(self) -> int:

@@ -1,7 +1,7 @@
 """Validate REST bodies against Discord's OpenAPI 3.1 spec (read from ../shared/discord/openapi.json).
 
 The spec is optional test data: when the file is absent, `load_spec()` returns None and
-`SPEC_SKIP_REASON` says why, so callers can skip validation and state it.
+`skip_reason()` says why, so callers can skip validation and state it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from referencing.jsonschema import DRAFT202012
 # tests/fakediscord/spec.py -> parents[2] is the repository root; shared data sits beside it.
 SPEC_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "discord" / "openapi.json"
 SPEC_URI = "urn:discord:openapi"
-SPEC_SKIP_REASON = f"Discord OpenAPI spec not found at ../shared/discord/{SPEC_PATH.name}; validation skipped"
+SPEC_SKIP_REASON = "Discord's OpenAPI spec not found at ../shared/discord/openapi.json; validation skipped"
+
+
+def skip_reason(path: Path = SPEC_PATH) -> str:
+    """Why validation is skipped when the spec file at `path` is missing."""
+    if path == SPEC_PATH:
+        return SPEC_SKIP_REASON
+    return f"Discord's OpenAPI spec not found at {path}; validation skipped"
 
 
 @dataclass(frozen=True)
