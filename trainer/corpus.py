@@ -159,7 +159,8 @@ def split_episodes(corpus: Corpus, val_fraction: float) -> tuple[list[Episode], 
     if len(episodes) < 2:
         keys = ", ".join(e.key for e in episodes) or "none"
         raise CorpusError(
-            f"the corpus has {len(episodes)} episode ({keys}); holding out whole episodes for validation "
+            f"the corpus has {len(episodes)} episode{'' if episodes else 's'} ({keys}); "
+            "holding out whole episodes for validation "
             "needs at least two."
         )
     # At least one episode on each side, whatever the fraction.
