@@ -96,7 +96,7 @@ class TrainConfig:
         if not values.get("run_id"):
             values.pop("run_id", None)
         config = cls(**values)
-        config.validate()
+        config.validate(need_corpus=False)  # the corpus is checked once a resumed run's settings are merged
         return config
 
     @property

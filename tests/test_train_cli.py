@@ -1,0 +1,97 @@
+"""``python -m trainer train`` from the command line: help, setting errors, a whole run, the block cache."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import write_tiny_csv
+from trainer import data, runs
+from trainer.cli import main
+from trainer.metrics import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FLAGS = [
+    "--init", "scratch", "--scratch-layers", "2", "--scratch-dim", "64", "--scratch-heads", "2",
+    "--scratch-vocab", "300", "--block-size", "64", "--batch-size", "4", "--steps", "12", "--lr", "3e-3",
+    "--warmup-steps", "2", "--eval-every", "6", "--sample-every", "0", "--checkpoint-every", "6",
+    "--device", "cpu", "--no-compile", "--no-progress", "--val-fraction", "0.2",
+]
+
+
+def test_help_lists_every_option():
+    """--help works without importing torch-heavy code paths and names the env variables."""
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--help"], cwd=ROOT, capture_output=True, text=True,
+        check=True,
+    ).stdout
+    for flag in ("--model", "--init", "--block-size", "--resume", "--checkpoint-dir", "--patience",
+                 "--compile", "--corpus", "MAESTER_CHECKPOINT_DIR", "MAESTER_MODEL"):
+        assert flag in out, flag
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "-1"], "--lr must be a positive learning rate"),
+        (["--block-size", "4"], "--block-size must be at least 8 tokens"),
+        (["--eval-every", "0"], "--eval-every must be at least 1 step"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--scratch-dim", "100", "--scratch-heads", "3"], "--scratch-dim must be a multiple of"),
+        (["--run-id", "a/b"], "--run-id 'a/b' must be a plain name"),
+        (["--corpus", "no/such/file.csv"], "corpus file no/such/file.csv does not exist"),
+    ],
+)
+def test_bad_settings_are_one_sentence(flags, message, tmp_path, capsys):
+    """Each bad setting is refused with one 'error:' line and exit status 2, no traceback."""
+    corpus = write_tiny_csv(tmp_path / "c.csv")
+    status = main(["train", "--corpus", str(corpus), "--checkpoint-dir", str(tmp_path), *flags])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_environment_supplies_defaults(tmp_path, capsys, monkeypatch):
+    """MAESTER_* variables set the defaults, and a bad one gets the same clear sentence."""
+    monkeypatch.setenv("MAESTER_LR", "-0.5")
+    corpus = write_tiny_csv(tmp_path / "c.csv")
+    status = main(["train", "--corpus", str(corpus), "--checkpoint-dir", str(tmp_path)])
+    assert status == 2 and "--lr must be a positive learning rate, not -0.5." in capsys.readouterr().err
+
+
+def test_unreachable_hub_suggests_scratch_or_a_local_path(tmp_path):
+    """Without the Hub, a model name fails with one sentence pointing at --init scratch or a local path."""
+    corpus = write_tiny_csv(tmp_path / "c.csv")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MAESTER_PROGRESS": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "train", "--corpus", str(corpus), "--checkpoint-dir", str(tmp_path),
+         "--model", "gpt2", "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not load model 'gpt2'") and "--init scratch" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_command_line_run_publishes_and_a_second_run_reuses_the_cache(tmp_path):
+    """A whole CLI run from a CSV corpus publishes; a second run on it does not tokenize again."""
+    corpus = write_tiny_csv(tmp_path / "c.csv")
+    root = tmp_path / "ckpt"
+    assert main(["train", "--corpus", str(corpus), "--checkpoint-dir", str(root), "--run-id", "one",
+                 *TINY_FLAGS]) == 0
+    assert runs.current_run_id(root) == "one"
+    (cache_file,) = (root / "cache").glob("blocks-*.safetensors")
+    mtime = cache_file.stat().st_mtime_ns
+    calls = data.tokenize_calls
+    assert main(["train", "--corpus", str(corpus), "--checkpoint-dir", str(root), "--run-id", "two",
+                 *TINY_FLAGS]) == 0
+    assert data.tokenize_calls == calls and cache_file.stat().st_mtime_ns == mtime
+    assert runs.current_run_id(root) == "two"
+    events = read_metrics(root / "work" / "two" / "metrics.jsonl")
+    assert events[0]["event"] == "start" and events[-1]["status"] == "completed"
+    assert runs.current_run(root).manifest.speakers[0] in {"Jon Snow", "Tyrion Lannister", "Arya Stark",
+                                                          "Cersei Lannister", "Sansa Stark"}
