@@ -87,7 +87,9 @@ class ToyBot(commands.Bot):
         async def buttons(interaction: discord.Interaction) -> None:
             """Send a message with a button that edits it."""
             view = discord.ui.View(timeout=30)
-            button: discord.ui.Button[discord.ui.View] = discord.ui.Button(label="Ping", custom_id="ping")
+            button: discord.ui.Button[discord.ui.View] = discord.ui.Button(
+                label="Ping", emoji="🔔", custom_id="ping"
+            )
 
             async def pressed(click: discord.Interaction) -> None:
                 await click.response.edit_message(content=f"pong by {click.user.name}", view=None)

@@ -12,6 +12,7 @@ that Discord's OpenAPI spec rejects, or called a route the stand-in does not imp
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import AsyncIterator
 
 import pytest
@@ -61,6 +62,9 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
     """A started FakeDiscord; the test fails if a request broke Discord's spec or hit a missing route."""
     async with FakeDiscord(token="test-token") as fake:
         yield fake
+    if fake.response_violations:  # the stand-in's own fault, not the bot's: say so without failing
+        listed = "; ".join(str(v) for v in fake.response_violations)
+        warnings.warn(f"the Discord stand-in answered outside the spec: {listed}", stacklevel=1)
     try:
         fake.assert_clean()
     except AssertionError as exc:

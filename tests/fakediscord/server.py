@@ -1440,6 +1440,15 @@ def _json_response(status: int, body: JsonBody, headers: dict[str, str] | None =
     )
 
 
+def _drop_nulls(node: dict[str, Any]) -> None:
+    """Remove null values from a dict and the dicts inside it (Discord omits unset component fields)."""
+    for key in [k for k, v in node.items() if v is None]:
+        del node[key]
+    for value in node.values():
+        if isinstance(value, dict):
+            _drop_nulls(value)
+
+
 def _stored_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Components as Discord stores them: nulls dropped, a numeric `id` on each (1, 2, ... if unset)."""
     stored = json.loads(json.dumps(components))
@@ -1447,8 +1456,7 @@ def _stored_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]
     used = {c["id"] for c in flat if isinstance(c.get("id"), int)}
     next_id = 1
     for comp in flat:
-        for key in [k for k, v in comp.items() if v is None]:
-            del comp[key]
+        _drop_nulls(comp)
         if "id" not in comp:
             while next_id in used:
                 next_id += 1

@@ -70,10 +70,21 @@ KNOWN_DIVERGENCES: tuple[tuple[str, re.Pattern[str], str], ...] = (
 
 
 def _deepest(error: ValidationError) -> ValidationError:
-    """The deepest relevant cause of a oneOf/anyOf failure."""
+    """The most relevant cause of a oneOf/anyOf failure."""
     while error.context:
-        # The branch that got furthest into the body is the one the caller meant.
-        error = max(error.context, key=lambda e: (len(e.absolute_path), e.validator not in _SHALLOW))
+        branches: dict[Any, list[ValidationError]] = {}
+        for cause in error.context:
+            branches.setdefault(cause.relative_schema_path[0], []).append(cause)
+        # Branches whose `type` discriminator does not match are not what the caller meant...
+        meant = [
+            causes for causes in branches.values()
+            if not any(c.validator in _SHALLOW and list(c.relative_path) == ["type"] for c in causes)
+        ] or list(branches.values())
+        # ...and of the rest, the branch that got furthest into the body is.
+        error = max(
+            (c for causes in meant for c in causes),
+            key=lambda e: (len(e.absolute_path), e.validator not in _SHALLOW),
+        )
     return error
 
 
