@@ -84,6 +84,13 @@ class ToyBot(commands.Bot):
                 self.errors.append(exc)
 
         @tree.command()
+        async def count(interaction: discord.Interaction, upto: int) -> None:
+            """Send 1, then edit it to 2, 3, ... as fast as possible."""
+            await interaction.response.send_message("1")
+            for n in range(2, upto + 1):
+                await interaction.edit_original_response(content=str(n))
+
+        @tree.command()
         async def buttons(interaction: discord.Interaction) -> None:
             """Send a message with a button that edits it."""
             view = discord.ui.View(timeout=30)
@@ -485,3 +492,28 @@ async def test_rest_answers_match_the_spec(fake_discord: FakeDiscord) -> None:  
                 assert resp.headers["Content-Type"] == "application/json"
     assert [m.content for m in fake.dm_messages(alice)] == ["retrain finished"]
     assert fake.response_violations == [] and fake.unhandled == []
+
+
+async def test_webhook_rate_limit_is_honoured() -> None:
+    """With a 2-per-0.5 s bucket on the interaction token, discord.py spaces its edits and none is lost."""
+    async with toy(webhook_rate_limit=(2, 0.5)) as (fake, _bot):
+        inter = await fake.invoke("count", {"upto": 5}, user=fake.make_user("alice"))
+        await inter.wait_done(lambda i: i.original is not None and i.original.content == "5", timeout=5)
+        assert inter.original is not None
+        times = [s.at for s in inter.original.edits]
+        assert [s.content for s in inter.original.edits] == ["2", "3", "4", "5"]
+        assert times[2] - times[0] >= 0.45  # the third edit had to wait for the bucket to refill
+        edits = [r for r in fake.requests if "@original" in r.path]
+        assert all(r.status == 200 for r in edits if r not in fake.rate_limited)
+
+
+async def test_restarted_bot_waits_for_its_own_ready() -> None:
+    """A second client on the same fake is ready only after its own IDENTIFY, and answers commands."""
+    async with FakeDiscord(token=TOKEN) as fake:
+        async with running_bot(fake, ToyBot()):
+            pass
+        async with running_bot(fake, ToyBot()):
+            assert fake.ready_count == 2 and len(fake.identify_payloads) == 2
+            inter = await fake.invoke("echo", {"text": "again"}, user=fake.make_user("alice"))
+            await inter.wait_done(timeout=3)
+        assert fake.sync_count == 2 and not fake.syncs[1].changed

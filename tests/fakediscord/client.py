@@ -39,9 +39,10 @@ async def running_bot(
 ) -> AsyncIterator[ClientT]:
     """Start `client` against `fake`, wait for READY, yield it, then close it and re-raise if it crashed."""
     with patch_discord(fake):
+        already = fake.ready_count
         task = asyncio.create_task(client.start(token or fake.token), name="fakediscord-client")
         try:
-            await fake.wait_ready(ready_timeout, bot_task=task)
+            await fake.wait_ready(ready_timeout, bot_task=task, after=already)
             yield client
         finally:
             await client.close()

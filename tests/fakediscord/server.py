@@ -9,6 +9,7 @@ tests act as users (`invoke`, `autocomplete`, `click`, `submit_modal`) and injec
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -426,6 +427,7 @@ class FakeDiscord:
         guild_name: str = "Westeros",
         channel_names: tuple[str, ...] = ("general", "bot-log"),
         bot_name: str = "maester",
+        webhook_rate_limit: tuple[int, float] | None = None,
     ) -> None:
         self.token = token
         self.ack_deadline = ack_deadline
@@ -462,6 +464,9 @@ class FakeDiscord:
         self.response_violations: list[SpecViolation] = []
         self.failures: list[InjectedFailure] = []
         self.unhandled: list[RecordedRequest] = []  # requests for paths the stand-in does not implement
+        self.rate_limited: list[RecordedRequest] = []  # requests refused by webhook_rate_limit
+        self.webhook_rate_limit = webhook_rate_limit
+        self._buckets: dict[str, collections.deque[float]] = {}
         self.commands: dict[str, dict[str, Any]] = {}  # global, by name
         self.guild_commands: dict[str, dict[str, dict[str, Any]]] = {}  # guild id -> name -> command
         self.syncs: list[CommandSync] = []
@@ -470,6 +475,7 @@ class FakeDiscord:
         self.gateway_log: list[tuple[str, int, str | None]] = []  # (direction, op, event name)
         self.identify_payloads: list[dict[str, Any]] = []
         self.resumes = 0
+        self.ready_count = 0  # sessions that got READY + GUILD_CREATE
         self.gateway_connections = 0
         self.close_codes: list[int] = []  # codes the fake closed client sockets with
 
@@ -485,7 +491,6 @@ class FakeDiscord:
         self._sockets: set[web.WebSocketResponse] = set()
         self._send_lock = asyncio.Lock()
         self._tick = asyncio.Event()
-        self._ready = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = []
@@ -561,9 +566,15 @@ class FakeDiscord:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._tick.wait(), remaining)
 
-    async def wait_ready(self, timeout: float = 10.0, bot_task: asyncio.Task[Any] | None = None) -> None:
-        """Wait until a client identified and got READY + GUILD_CREATE; fail fast if `bot_task` died."""
-        waiter = asyncio.ensure_future(self._ready.wait())
+    async def wait_ready(
+        self, timeout: float = 10.0, bot_task: asyncio.Task[Any] | None = None, *, after: int = 0
+    ) -> None:
+        """Wait until more than `after` clients identified and got READY + GUILD_CREATE.
+
+        Fails fast with the client's own exception if `bot_task` ends first. Pass
+        `after=fake.ready_count` taken before starting a client to wait for that client (a restart).
+        """
+        waiter = asyncio.ensure_future(self.wait_for(lambda: self.ready_count > after, timeout + 1))
         waits: set[asyncio.Future[Any]] = {waiter}
         if bot_task is not None:
             waits.add(bot_task)
@@ -735,7 +746,8 @@ class FakeDiscord:
             resume_gateway_url=self.gateway_url, app_id=self.app_id,
         ))
         await self.dispatch("GUILD_CREATE", self.guild_payload())
-        self._ready.set()
+        self.ready_count += 1
+        self._changed()
 
     async def _resume(self, ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
         if data.get("token") != self.token:
@@ -927,10 +939,10 @@ class FakeDiscord:
         self.failures.append(failure)
         return failure
 
-    def _failure_response(self, failure: InjectedFailure) -> web.Response:
+    def _failure_reply(self, failure: InjectedFailure) -> tuple[int, JsonBody, dict[str, str]]:
         failure.hits += 1
         if failure.status != 429:
-            return _json_response(failure.status, {"message": f"{failure.status}: Server Error", "code": 0})
+            return failure.status, {"message": f"{failure.status}: Server Error", "code": 0}, {}
         reset = time.time() + failure.retry_after
         headers = {
             "Via": "1.1 google",  # without it discord.py assumes a Cloudflare ban and gives up
@@ -944,9 +956,7 @@ class FakeDiscord:
         }
         if failure.global_:
             headers["X-RateLimit-Global"] = "true"
-        body = {"message": "You are being rate limited.", "retry_after": failure.retry_after,
-                "global": failure.global_, "code": 0}
-        return _json_response(429, body, headers)
+        return 429, _rate_limit_body(failure.retry_after, failure.global_), headers
 
     # ----- REST plumbing -------------------------------------------------------------------------
 
@@ -1022,12 +1032,14 @@ class FakeDiscord:
             if violation is not None:
                 log.warning("spec violation: %s", violation)
                 self.spec_violations.append(violation)
+        failure = next((f for f in self.failures if f.matches(method, path)), None)
+        if failure is not None:
+            return self._answer(record, *self._failure_reply(failure), validate=False)
+        headers, retry_after = self._take_rate_limit(path)
+        if retry_after is not None:
+            self.rate_limited.append(record)
+            return self._answer(record, 429, _rate_limit_body(retry_after, False), headers, validate=False)
         try:
-            failure = next((f for f in self.failures if f.matches(method, path)), None)
-            if failure is not None:
-                response = self._failure_response(failure)
-                record.status, record.response = response.status, json.loads(response.body)  # type: ignore[arg-type]
-                return response
             status, reply = await self._route(request, method, path, body, uploads, record.authorized)
         except NoRoute as err:
             log.warning("the stand-in has no handler for %s %s", method, path)
@@ -1036,15 +1048,49 @@ class FakeDiscord:
         except DiscordError as err:
             status, reply = err.status, err.body()
             self._note_error(method, path, err)
+        return self._answer(record, status, reply, headers)
+
+    def _answer(
+        self, record: RecordedRequest, status: int, reply: JsonBody | None, headers: dict[str, str],
+        *, validate: bool = True,
+    ) -> web.Response:
+        """Record the answer, check it against the spec (unless it is an injected fault) and send it."""
         record.status, record.response = status, reply
-        if self._spec is not None:
-            violation = self._spec.validate_response(method, path, status, reply)
+        if validate and self._spec is not None:
+            violation = self._spec.validate_response(record.method, record.path, status, reply)
             if violation is not None:
                 self.response_violations.append(violation)
         self._changed()
         if reply is None:
-            return web.Response(status=status)
-        return _json_response(status, reply)
+            return web.Response(status=status, headers=headers)
+        return _json_response(status, reply, headers)
+
+    def _take_rate_limit(self, path: str) -> tuple[dict[str, str], float | None]:
+        """Per-token webhook bucket (opt-in): headers for the answer, and retry_after when exhausted."""
+        m = re.match(r"^/webhooks/\d+/([^/]+)", path)
+        if self.webhook_rate_limit is None or m is None:
+            return {}, None
+        limit, per = self.webhook_rate_limit
+        now = self.now()
+        hits = self._buckets.setdefault(m.group(1), collections.deque())
+        while hits and hits[0] <= now - per:
+            hits.popleft()
+        exhausted = len(hits) >= limit
+        if not exhausted:
+            hits.append(now)
+        reset_after = max(0.0, hits[0] + per - now)
+        headers = {
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": str(limit - len(hits)),
+            "X-RateLimit-Reset": f"{time.time() + reset_after:.3f}",
+            "X-RateLimit-Reset-After": f"{reset_after:.3f}",
+            "X-RateLimit-Bucket": "webhook-" + uuid.uuid5(uuid.NAMESPACE_URL, m.group(1)).hex[:12],
+        }
+        if not exhausted:
+            return headers, None
+        headers |= {"Via": "1.1 google", "Retry-After": str(max(1, math.ceil(reset_after))),
+                    "X-RateLimit-Scope": "user"}
+        return headers, reset_after
 
     async def _route(
         self,
@@ -1429,6 +1475,12 @@ class FakeDiscord:
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _rate_limit_body(retry_after: float, global_: bool) -> dict[str, Any]:
+    return {
+        "message": "You are being rate limited.", "retry_after": retry_after, "global": global_, "code": 0
+    }
 
 
 def _json_response(status: int, body: JsonBody, headers: dict[str, str] | None = None) -> web.Response:
