@@ -1,0 +1,393 @@
+"""End to end: the real MaesterBot, the real engine and a tiny trained model, against the fake Discord.
+
+Each test drives the bot the way Discord users would (slash commands, autocomplete, buttons) and checks
+what they would see: messages, their edit history, private answers, and Discord's limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.formatting import CONTENT_LIMIT, DESCRIPTION_LIMIT, EMBED_TOTAL_LIMIT
+from tests.bot_harness import LoopLagMonitor, checkpoint_dir_for, running_bot, scene_finished
+from tests.fakediscord import FakeDiscord, Interaction, Message
+from tests.fakediscord import fake_discord as fake_discord  # the fixture
+
+SECRET_TOKEN = "MTEyMzU4MTMyMTM0NTU4OTE0NA.Gx9Q2w.e2e-secret-token-never-in-logs-0123456789"
+MENTION_RE = re.compile(r"@(everyone|here)|<@[!&]?\d+>")
+SCENE_TIMEOUT = 60.0  # generous: two shared CPU cores
+
+
+async def scene(fake: FakeDiscord, user: Any, **options: Any) -> Interaction:
+    """Invoke /scene and wait until it is answered for good."""
+    inter = await fake.invoke("scene", {"characters": "Jon Snow, Arya Stark", **options}, user=user)
+    return await inter.wait_done(scene_finished, timeout=SCENE_TIMEOUT)
+
+
+def final_embed(inter: Interaction) -> dict[str, Any]:
+    assert inter.original is not None and inter.original.embeds, inter.describe()
+    return inter.original.embeds[0]
+
+
+def private_answer(inter: Interaction) -> str:
+    """The text of an ephemeral answer (initial response or follow-up)."""
+    messages = [m for m in [inter.original, *inter.followups] if m is not None and m.ephemeral]
+    assert messages, f"no private answer: {inter.describe()}"
+    return messages[-1].content
+
+
+def assert_within_limits(message: Message) -> None:
+    for snapshot in message.history:
+        assert len(snapshot.content) <= CONTENT_LIMIT
+        total = 0
+        for embed in snapshot.embeds:
+            assert len(embed.get("description", "")) <= DESCRIPTION_LIMIT
+            total += len(embed.get("title", "")) + len(embed.get("description", ""))
+            total += len(embed.get("footer", {}).get("text", ""))
+        assert total <= EMBED_TOTAL_LIMIT
+
+
+@pytest.fixture
+async def secret_fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord(token=SECRET_TOKEN) as fake:
+        yield fake
+    assert not fake.spec_violations, fake.spec_violations
+
+
+async def test_scene_is_deferred_streamed_and_finished_within_limits(
+    tmp_path: Path, secret_fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole /scene path, with the token kept out of every log line and the loop never blocked."""
+    caplog.set_level(logging.DEBUG)
+    fake = secret_fake
+    async with running_bot(tmp_path, fake, stream_edit_interval=0.05) as bot, LoopLagMonitor() as lag:
+        alice = fake.make_user("alice")
+        inter = await scene(fake, alice, setting="The courtyard of Winterfell", length="long", seed=7)
+        assert inter.errors == []
+        assert inter.deferred_at is not None and inter.deferred_at - inter.created_at < 1.0
+        original = inter.original
+        assert original is not None and not original.ephemeral
+        progress = [s for s in original.edits if not s.embeds]
+        streamed = [s for s in progress if s.content.endswith("▌")]
+        assert len(streamed) >= 2, [s.content for s in original.edits]  # text appeared in several steps
+        assert all(len(a.content) <= len(b.content) for a, b in itertools.pairwise(streamed))
+        gaps = [b.at - a.at for a, b in itertools.pairwise(progress)]
+        assert min(gaps) >= 0.05 * 0.8  # throttled to one edit per interval
+        embed = final_embed(inter)
+        assert "**Jon Snow:**" in embed["description"] or "**Arya Stark:**" in embed["description"]
+        assert embed["title"] == "The courtyard of Winterfell"
+        assert embed["footer"]["text"].startswith("model tiny-run · seed 7 · ")
+        assert [cid.split(":")[1] for cid in original.custom_ids()] == ["regen", "more"]
+        assert_within_limits(original)
+        assert bot.metrics.requests["ok"] == 1 and bot.metrics.tokens_generated > 0
+    assert lag.ticks > 10 and lag.max_lag < 0.25, f"event loop blocked for {lag.max_lag:.3f}s"
+    assert SECRET_TOKEN not in caplog.text
+    assert any("synced" in r.getMessage() for r in caplog.records)
+
+
+async def test_text_from_users_and_the_model_cannot_ping(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake):
+        bob = fake.make_user("bob")
+        opening = "@everyone <@123456789012345678> <@&55> @here ```fence``` [x](https://e.example)"
+        inter = await scene(fake, bob, opening=opening, setting="@here **Dragonstone**")
+        embed = final_embed(inter)
+        shown = embed["description"] + embed["title"]
+        assert "everyone" in shown  # the text is kept, only defused
+        assert not MENTION_RE.search(shown)
+        assert "```" not in shown and "[x](" not in shown
+        # Every message the bot sent or edited disallows all mentions.
+        bodies = [r.body for r in fake.requests if isinstance(r.body, dict) and r.method in ("PATCH", "POST")]
+        mentions = [b["allowed_mentions"] for b in bodies if "allowed_mentions" in b]
+        assert mentions and all(m == {"parse": []} for m in mentions)
+
+
+async def test_bad_options_are_refused_privately(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake) as bot:
+        carol = fake.make_user("carol")
+        unknown = await scene(fake, carol, characters="Jon Snow, Tyrian Lanister")
+        assert "did you mean Tyrion Lannister" in private_answer(unknown)
+        too_many = await scene(fake, carol, characters="Jon Snow, Arya Stark, Sansa Stark, Cersei Lannister")
+        assert "at most 3" in private_answer(too_many)
+        blank = await scene(fake, carol, characters=" , \t")
+        assert "at least one character" in private_answer(blank)
+        assert bot.engine.stats().completed == 0  # nothing reached the model
+        assert bot.metrics.requests["invalid"] == 3
+        # Discord itself bounds the inputs: the synced command carries the ranges and choices.
+        options = {o["name"]: o for o in fake.synced_command("scene")["options"]}
+        assert (options["temperature"]["min_value"], options["temperature"]["max_value"]) == (0.1, 1.5)
+        assert options["setting"]["max_length"] == 200 and options["opening"]["max_length"] == 300
+        assert [c["value"] for c in options["length"]["choices"]] == ["short", "medium", "long"]
+        assert options["characters"]["autocomplete"] is True
+
+
+async def test_characters_autocomplete_from_the_model(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake):
+        dave = fake.make_user("dave")
+        choices = await fake.autocomplete("scene", "characters", "jon snow, lann", user=dave)
+        assert [c["value"] for c in choices] == ["Jon Snow, Tyrion Lannister", "Jon Snow, Cersei Lannister"]
+        everyone = await fake.autocomplete("scene", "characters", "", user=dave)
+        assert {c["name"] for c in everyone} >= {"Jon Snow", "Arya Stark", "Sansa Stark"}
+
+
+async def test_cooldown_answers_with_the_time_left(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake, cooldown_seconds=30) as bot:
+        erin, frank = fake.make_user("erin"), fake.make_user("frank")
+        first = await scene(fake, erin, length="short")
+        final_embed(first)
+        again = await scene(fake, erin, length="short")
+        answer = private_answer(again)
+        assert "cooldown" in answer and re.search(r"in (29|30) s", answer)
+        other = await scene(fake, frank, length="short")  # cooldowns are per user
+        final_embed(other)
+        assert bot.metrics.requests["cooldown"] == 1
+
+
+async def test_a_full_queue_answers_busy_and_no_request_is_dropped(
+    tmp_path: Path, fake_discord: FakeDiscord
+) -> None:
+    fake = fake_discord
+    async with running_bot(
+        tmp_path, fake, queue_size=1, max_batch_size=1, engine_options={"max_queue": 1, "max_batch_size": 1}
+    ) as bot:
+        users = [fake.make_user(f"user{i}") for i in range(5)]
+        pending = [
+            await fake.invoke("scene", {"characters": "Jon Snow", "length": "long"}, user=u) for u in users
+        ]
+        done = await asyncio.gather(*(i.wait_done(scene_finished, timeout=SCENE_TIMEOUT) for i in pending))
+        busy = [i for i in done if i.ephemeral]
+        served = [i for i in done if not i.ephemeral]
+        assert busy and served and len(busy) + len(served) == len(users)
+        for inter in busy:
+            assert re.fullmatch(
+                r"I'm busy writing other scenes; try again in ~\d+ s\.", private_answer(inter)
+            )
+        for inter in served:
+            final_embed(inter)
+        assert bot.metrics.requests["busy"] == len(busy)
+
+
+async def test_many_users_at_once_are_batched_and_each_gets_their_scene(
+    tmp_path: Path, fake_discord: FakeDiscord
+) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake, max_batch_size=8) as bot, LoopLagMonitor() as lag:
+        most_active = 0
+
+        async def watch() -> None:
+            nonlocal most_active
+            while True:
+                most_active = max(most_active, bot.engine.stats().active)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.create_task(watch())
+        users = [fake.make_user(f"reader{i}") for i in range(6)]
+        invoked = [
+            await fake.invoke(
+                "scene", {"characters": "Tyrion Lannister", "length": "long", "seed": i}, user=u
+            )
+            for i, u in enumerate(users)
+        ]
+        done = await asyncio.gather(*(i.wait_done(scene_finished, timeout=SCENE_TIMEOUT) for i in invoked))
+        watcher.cancel()
+        originals = {i.original.id for i in done if i.original}
+        assert len(originals) == len(users)  # one message each
+        seeds = [final_embed(i)["footer"]["text"].split(" · ")[1] for i in done]
+        assert seeds == [f"seed {i}" for i in range(len(users))]  # each got their own request back
+        assert most_active > 1, "requests were never generated in the same batch"
+    assert lag.max_lag < 0.25, f"event loop blocked for {lag.max_lag:.3f}s"
+
+
+async def test_queue_position_is_shown_while_waiting(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake, max_batch_size=1, engine_options={"max_batch_size": 1}):
+        users = [fake.make_user(f"waiter{i}") for i in range(3)]
+        invoked = [await fake.invoke("scene", {"characters": "Sansa Stark"}, user=u) for u in users]
+        done = await asyncio.gather(*(i.wait_done(scene_finished, timeout=SCENE_TIMEOUT) for i in invoked))
+        shown = [s.content for s in done[-1].original.history]
+        assert any(re.match(r"Queued: position [12]\b", c) for c in shown), shown
+
+
+async def test_regenerate_and_continue_buttons(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake):
+        gwen = fake.make_user("gwen")
+        first = await scene(fake, gwen, seed=11, setting="The Wall")
+        message = first.original
+        regen_id, more_id = message.custom_ids()
+        regen = await (await fake.click(message, regen_id, user=gwen)).wait_done(
+            scene_finished, SCENE_TIMEOUT
+        )
+        again = final_embed(regen)
+        assert again["title"] == "The Wall"  # same options...
+        assert "seed 11 " not in again["footer"]["text"] + " "  # ...with a new seed
+        assert regen.original.id != message.id
+        more = await (await fake.click(message, more_id, user=gwen)).wait_done(scene_finished, SCENE_TIMEOUT)
+        continued = final_embed(more)
+        assert continued["description"].startswith(final_embed(first)["description"])
+        assert continued["footer"]["text"].endswith("· continued")
+
+
+async def test_a_forgotten_scene_says_it_expired(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake, scene_memory=1):
+        hana = fake.make_user("hana")
+        old = await scene(fake, hana, length="short")
+        await scene(fake, hana, length="short")  # evicts the first
+        click = await fake.click(old.original, old.original.custom_ids()[0], user=hana)
+        await click.wait_done(scene_finished, SCENE_TIMEOUT)
+        assert "This scene expired" in private_answer(click)
+
+
+async def test_a_long_scene_is_split_at_lines_or_attached(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake) as bot:
+        ian = fake.make_user("ian")
+        first = await scene(fake, ian, length="short")
+        cog = bot.get_cog("Scene")
+        scene_id = first.original.custom_ids()[1].split(":")[2]
+        record = cog.store.get(scene_id)
+        line = "Jon Snow: " + "Winter is coming, and the night is dark and full of terrors. " * 3 + "\n"
+        for lines, expect_file in ((40, False), (120, True)):
+            cog.store._scenes[scene_id] = dataclasses.replace(record, body=line * lines)
+            click = await fake.click(first.original, f"maester:more:{scene_id}", user=ian)
+            await click.wait_done(lambda i: scene_finished(i) and (not i.original.embeds or i.followups), 60)
+            await asyncio.sleep(0.2)  # let the last follow-up land
+            messages = [click.original, *click.followups]
+            for message in messages:
+                assert_within_limits(message)
+            descriptions = [m.embeds[0]["description"] for m in messages if m.embeds]
+            cut_parts = descriptions[:1] if expect_file else descriptions[:-1]
+            for part in cut_parts:  # every cut falls between two lines
+                assert part.startswith("**Jon Snow:**") and part.endswith("terrors.")
+            files = [a for m in messages for a in m.attachments]
+            if expect_file:
+                assert len(messages) == 2 and files and files[0].filename == "scene.txt"
+                assert files[0].text.count("Winter is coming") >= 3 * 120
+            else:
+                assert len(messages) > 1 and not files
+            assert messages[-1].custom_ids()  # the buttons sit under the last part
+
+
+async def test_status_shows_the_model_and_the_queue(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake):
+        jo = fake.make_user("jo")
+        await scene(fake, jo, length="short")
+        status = await (await fake.invoke("status", user=jo)).wait_done(timeout=10)
+        assert status.ephemeral
+        embed = status.original.embeds[0]
+        fields = {f["name"]: f["value"] for f in embed["fields"]}
+        assert fields["Model run"] == "`tiny-run`"
+        assert re.fullmatch(r"\d+\.\d\d → \d+\.\d\d", fields["Validation perplexity"])
+        assert fields["Training steps"] == "100"
+        assert fields["Scenes written"] == "1"
+        assert "waiting" in fields["Queue"] and "tokens/s" in fields["Speed"]
+
+
+async def test_healthz_and_metrics_follow_the_bot(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake) as bot, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{bot.health.port}"
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+            assert (await response.json())["run_id"] == "tiny-run"
+        await scene(fake, fake.make_user("kim"), length="short")
+        await scene(fake, fake.make_user("kim2"), characters="Nobody Atall")
+        async with http.get(f"{base}/metrics") as response:
+            text = await response.text()
+        assert 'maester_scene_requests_total{outcome="ok"} 1' in text
+        assert 'maester_scene_requests_total{outcome="invalid"} 1' in text
+        assert "maester_gateway_connected 1" in text and 'maester_model_info{run_id="tiny-run"} 1' in text
+        assert "maester_scene_latency_seconds_count 1" in text
+        bot.gateway_connected = False  # as after on_disconnect
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 503
+            assert "gateway" in (await response.json())["reason"]
+    async with aiohttp.ClientSession() as http:  # the health server closes with the bot
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await http.get(f"{base}/healthz")
+
+
+async def test_commands_are_synced_once_and_again_only_when_changed(
+    tmp_path: Path, fake_discord: FakeDiscord
+) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake) as bot:
+        assert fake.sync_count == 1 and fake.syncs[0].guild_id == fake.guild_id
+        assert {"scene", "status"} <= set(fake.syncs[0].names)
+        assert bot.last_sync_targets
+    async with running_bot(tmp_path, fake) as bot:  # a restart with the same commands
+        assert fake.sync_count == 1 and bot.last_sync_targets == []
+    async with running_bot(tmp_path, fake, extensions=("bot.cogs.scene",)):  # the tree changed
+        assert fake.sync_count == 2
+    assert (checkpoint_dir_for(tmp_path) / ".discord-commands.json").is_file()
+
+
+async def test_a_broken_cog_is_logged_and_the_rest_still_works(
+    tmp_path: Path, fake_discord: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake, extensions=("bot.cogs.scene", "bot.cogs.no_such_cog")) as bot:
+        assert "bot.cogs.no_such_cog" in bot.failed_extensions
+        final_embed(await scene(fake, fake.make_user("lee"), length="short"))
+    assert "could not load extension bot.cogs.no_such_cog" in caplog.text
+
+
+async def test_an_unexpected_error_gets_a_sentence_and_a_log_line(
+    tmp_path: Path,
+    fake_discord: FakeDiscord,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake) as bot:
+
+        def broken_submit(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("the engine exploded")
+
+        monkeypatch.setattr(bot.engine, "submit", broken_submit)
+        inter = await scene(fake, fake.make_user("max"), length="short")
+        assert private_answer(inter).startswith("Something went wrong on my side")
+    assert "the engine exploded" in caplog.text and "error in /scene" in caplog.text
+
+
+async def test_shutdown_refuses_new_scenes_and_cancels_waiting_ones_visibly(
+    tmp_path: Path, fake_discord: FakeDiscord
+) -> None:
+    fake = fake_discord
+    async with running_bot(tmp_path, fake, max_batch_size=1, engine_options={"max_batch_size": 1}) as bot:
+        users = [fake.make_user(f"late{i}") for i in range(4)]
+        invoked = [
+            await fake.invoke("scene", {"characters": "Jon Snow", "length": "long"}, user=u) for u in users
+        ]
+        await asyncio.gather(*(i.wait_acked() for i in invoked))
+        stopping = asyncio.create_task(bot.shutdown(grace=0.0))
+        await asyncio.sleep(0)
+        refused = await fake.invoke("scene", {"characters": "Jon Snow"}, user=fake.make_user("newcomer"))
+        await refused.wait_done(scene_finished, timeout=10)
+        await stopping
+        assert "shutting down" in private_answer(refused)
+        outcomes = []
+        for inter in invoked:
+            assert scene_finished(inter), inter.describe()  # every request was answered
+            outcomes.append("ok" if inter.original.embeds else inter.original.content)
+        cancelled = [
+            o for o in outcomes if o.startswith("This scene was cancelled: the bot is shutting down")
+        ]
+        assert cancelled, outcomes
+        assert bot.metrics.requests["cancelled"] == len(cancelled)
+        assert bot.is_closed()
