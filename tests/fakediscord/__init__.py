@@ -1,13 +1,18 @@
 """A loopback stand-in for Discord for tests: start it, point discord.py at it, act as users, assert.
 
-    async with FakeDiscord(token="test-token") as fake, running_bot(fake, MyBot(...)) as bot:
-        alice = fake.make_user("alice")
-        inter = await fake.invoke("scene", {"characters": "Jon Snow"}, user=alice)
-        await inter.wait_done(timeout=5)
-        assert "Jon" in inter.original.text
+    from tests.fakediscord import FakeDiscord, running_bot
 
-The `fake_discord` fixture does the first line and fails the test when the bot sent a request body
-that Discord's OpenAPI spec rejects, or called a route the stand-in does not implement.
+    async with FakeDiscord(token="test-token") as fake, running_bot(fake, MyBot(...)) as bot:
+        alice = fake.make_user("alice")                      # root = fake.make_user("root", admin=True)
+        inter = await fake.invoke("scene", {"characters": "Jon Snow", "length": "short"}, user=alice)
+        await inter.wait_done(timeout=5)                     # or wait_done(predicate, timeout)
+        assert inter.response_type == 5 and "Jon" in inter.original.text
+        choices = await fake.autocomplete("scene", "characters", "jo", user=alice)
+        click = await fake.click(inter.original, "some:custom_id", user=alice)
+
+The `fake_discord` fixture starts a FakeDiscord and fails the test if the bot sent a request body
+Discord's OpenAPI spec rejects or called a route the stand-in does not implement. Tests use it by
+importing it (`from tests.fakediscord import fake_discord  # noqa: F401`) and naming it as a parameter.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
 from . import payloads
 from .spec import SPEC_PATH, SpecViolation, load_spec, skip_reason
@@ -1001,15 +1001,15 @@ class FakeDiscord:
             uploads: list[Upload] = []
             reader = await request.multipart()
             async for part in reader:
-                if not isinstance(part, object) or not hasattr(part, "read"):
+                if not isinstance(part, BodyPartReader):  # discord.py never nests multiparts
                     continue
-                name = part.name or ""  # type: ignore[union-attr]
-                raw = await part.read(decode=True)  # type: ignore[union-attr]
+                name = part.name or ""
+                raw = await part.read(decode=True)
                 if name == "payload_json":
                     body = json.loads(raw)
                 elif m := re.fullmatch(r"files\[(\d+)\]", name):
-                    uploads.append(Upload(int(m.group(1)), part.filename or "file",  # type: ignore[union-attr]
-                                          part.headers.get("Content-Type"), bytes(raw)))  # type: ignore[union-attr]
+                    content_type = part.headers.get("Content-Type")
+                    uploads.append(Upload(int(m.group(1)), part.filename or "file", content_type, bytes(raw)))
             return body, uploads
         raw_text = await request.text()
         return (json.loads(raw_text) if raw_text else None), []
@@ -1256,7 +1256,7 @@ class FakeDiscord:
         msg.snapshot(self.now())
 
     async def _callback(
-        self, _r: web.Request, params: dict[str, str], body: JsonBody, uploads: list[Upload]
+        self, request: web.Request, params: dict[str, str], body: JsonBody, uploads: list[Upload]
     ) -> tuple[int, JsonBody]:
         inter = self.interactions.get(params["iid"])
         if inter is None or inter.token != params["token"]:
@@ -1300,7 +1300,7 @@ class FakeDiscord:
         elif rtype == 9:
             inter.modal = data
         inter.acked_at, inter.response_type, inter.response_data = self.now(), rtype, body
-        if "with_response" not in _r.query:
+        if "with_response" not in request.query:
             return 204, None
         summary: dict[str, Any] = {"id": inter.id, "type": inter.type}
         if inter.original is not None and rtype in (4, 5, 7):
