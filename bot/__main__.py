@@ -163,9 +163,20 @@ async def serve(bot: Any, token: str, stop: asyncio.Event | None = None) -> None
     """Run ``bot`` until it closes or ``stop`` is set (SIGTERM/SIGINT set it); errors become UserError."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on Windows / not main thread
             loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await _serve(bot, token, stop)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    log.info("bye")
+
+
+async def _serve(bot: Any, token: str, stop: asyncio.Event) -> None:
     async with bot:
         runner = asyncio.create_task(bot.start(token))
         stopper = asyncio.create_task(stop.wait())
@@ -182,7 +193,6 @@ async def serve(bot: Any, token: str, stop: asyncio.Event | None = None) -> None
             if clear is exc:
                 raise
             raise clear from None
-    log.info("bye")
 
 
 def connection_error(exc: BaseException) -> BaseException:

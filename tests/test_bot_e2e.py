@@ -10,7 +10,12 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,23 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.__main__ import NO_MODEL_HINT, run_bot, serve
+from bot.__main__ import main as bot_main
+from bot.client import MaesterBot
 from bot.formatting import CONTENT_LIMIT, DESCRIPTION_LIMIT, EMBED_TOTAL_LIMIT
-from tests.bot_harness import LoopLagMonitor, checkpoint_dir_for, running_bot, scene_finished
-from tests.fakediscord import FakeDiscord, Interaction, Message
+from bot.settings import Secret, Settings
+from tests.bot_harness import (
+    LoopLagMonitor,
+    checkpoint_dir_for,
+    make_settings,
+    publish_trained_tiny_run,
+    running_bot,
+    scene_finished,
+    start_engine,
+)
+from tests.fakediscord import FakeDiscord, Interaction, Message, patch_discord
 from tests.fakediscord import fake_discord as fake_discord  # the fixture
+from trainer.errors import UserError
 
 SECRET_TOKEN = "MTEyMzU4MTMyMTM0NTU4OTE0NA.Gx9Q2w.e2e-secret-token-never-in-logs-0123456789"
 MENTION_RE = re.compile(r"@(everyone|here)|<@[!&]?\d+>")
@@ -391,3 +409,128 @@ async def test_shutdown_refuses_new_scenes_and_cancels_waiting_ones_visibly(
         assert cancelled, outcomes
         assert bot.metrics.requests["cancelled"] == len(cancelled)
         assert bot.is_closed()
+
+
+# ----- start-up and shutdown of ``python -m bot`` ---------------------------------------------------
+
+
+def bot_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **env: str) -> None:
+    """A clean environment for ``bot.__main__.main`` (no .env picked up from the working directory)."""
+    for name in list(os.environ):
+        if name.startswith("MAESTER_") or name == "DISCORD_TOKEN":
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_check_config_names_a_missing_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bot_env(monkeypatch, tmp_path)
+    assert bot_main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: DISCORD_TOKEN is not set") and err.count("\n") == 1
+
+
+def test_check_config_says_how_to_get_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    bot_env(monkeypatch, tmp_path, DISCORD_TOKEN=SECRET_TOKEN, MAESTER_CHECKPOINT_DIR=str(empty))
+    assert bot_main(["check-config"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: No trained model in {empty}; {NO_MODEL_HINT}.\n"
+    assert "python -m trainer train" in err
+
+
+def test_check_config_summarises_without_the_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    publish_trained_tiny_run(tmp_path / "ckpt")
+    (tmp_path / ".env").write_text(
+        f"DISCORD_TOKEN={SECRET_TOKEN}\nMAESTER_CHECKPOINT_DIR={tmp_path / 'ckpt'}\n"
+    )
+    bot_env(monkeypatch, tmp_path, MAESTER_GUILD_IDS="123456789012345678")
+    assert bot_main(["check-config"]) == 0
+    out = capsys.readouterr().out
+    assert "model run tiny-run" in out and "configuration OK" in out
+    assert "123456789012345678" in out and "set (hidden)" in out
+    assert SECRET_TOKEN not in out
+
+
+async def test_run_without_a_model_is_one_sentence(tmp_path: Path) -> None:
+    settings = Settings(discord_token=Secret(SECRET_TOKEN), checkpoint_dir=tmp_path / "nothing")
+    with pytest.raises(UserError, match=r"^No trained model in "):
+        await run_bot(settings)
+
+
+async def test_a_rejected_token_is_one_clear_sentence(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    wrong = SECRET_TOKEN.replace("e2e", "bad")
+    async with FakeDiscord(token=SECRET_TOKEN) as fake:
+        settings = make_settings(tmp_path, fake, discord_token=wrong)
+        with patch_discord(fake), pytest.raises(UserError) as caught:
+            await serve(MaesterBot(settings, None), wrong)
+    assert str(caught.value).startswith("Discord rejected the token; check DISCORD_TOKEN")
+    assert wrong not in caplog.text and wrong not in str(caught.value)
+
+
+async def test_discord_unreachable_is_one_clear_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import discord.http
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{port}/api/v10")
+    async with FakeDiscord() as fake:
+        settings = make_settings(tmp_path, fake)
+    with pytest.raises(UserError, match=r"^Could not reach Discord \(\w+\); check the network connection"):
+        await serve(MaesterBot(settings, None), SECRET_TOKEN)
+
+
+async def test_sigterm_finishes_the_scene_in_flight_and_closes(tmp_path: Path) -> None:
+    async with FakeDiscord(token=SECRET_TOKEN) as fake:
+        publish_trained_tiny_run(checkpoint_dir_for(tmp_path))
+        settings = make_settings(checkpoint_dir_for(tmp_path), fake)
+        engine = await start_engine(settings)
+        bot = MaesterBot(settings, engine)
+        try:
+            with patch_discord(fake):
+                serving = asyncio.create_task(serve(bot, SECRET_TOKEN))
+                await fake.wait_ready(20)
+                await wait_for(lambda: bot.gateway_connected)
+                inter = await fake.invoke(
+                    "scene", {"characters": "Jon Snow", "length": "long"}, user=fake.make_user("z")
+                )
+                await inter.wait_acked()
+                os.kill(os.getpid(), signal.SIGTERM)
+                await asyncio.wait_for(serving, 30)
+        finally:
+            await engine.stop(drain_timeout_s=1)
+        assert bot.is_closed() and bot.health.port is not None
+        assert scene_finished(inter) and inter.original.embeds  # allowed to finish within the grace period
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is gone with the loop's
+
+
+def test_the_entry_point_never_shows_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAESTER_") and k != "DISCORD_TOKEN"}
+    helped = subprocess.run([sys.executable, "-m", "bot", "--help"], capture_output=True, text=True, env=env)
+    assert helped.returncode == 0 and "check-config" in helped.stdout and "console" in helped.stdout
+    failed = subprocess.run(
+        [sys.executable, "-m", "bot"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("error: DISCORD_TOKEN is not set") and "Traceback" not in failed.stderr
+
+
+async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
