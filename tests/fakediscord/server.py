@@ -556,7 +556,11 @@ class FakeDiscord:
         self._tick = asyncio.Event()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-        """Wait until `predicate()` holds; it is re-checked after every request and gateway event."""
+        """Wait until `predicate()` holds, re-checked after every request and gateway event.
+
+        Also re-checked every 20 ms, so predicates on the bot's own state (set after the fake answered)
+        are seen promptly too.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not predicate():
@@ -564,7 +568,7 @@ class FakeDiscord:
             if remaining <= 0:
                 raise TimeoutError(f"condition not met within {timeout}s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tick.wait(), remaining)
+                await asyncio.wait_for(self._tick.wait(), min(remaining, 0.02))
 
     async def wait_ready(
         self, timeout: float = 10.0, bot_task: asyncio.Task[Any] | None = None, *, after: int = 0
