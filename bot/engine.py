@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import math
@@ -673,9 +674,52 @@ def _cache_argument(module: Any) -> str:
 
 
 def _new_cache() -> Any:
+    """An empty KV cache whose layers grow in place (a plain DynamicCache where that is not possible)."""
     from transformers import DynamicCache
 
-    return DynamicCache()
+    cache = DynamicCache()
+    growable = _growable_layer_class()
+    if growable is not None and getattr(cache, "layer_class_to_replicate", None) is growable.__base__:
+        cache.layer_class_to_replicate = growable
+    return cache
+
+
+@functools.cache
+def _growable_layer_class() -> type | None:
+    """A DynamicLayer that keeps spare room, so a decode step writes one position instead of copying the
+    whole cache (DynamicLayer concatenates: a full copy of every layer's keys and values per token)."""
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:  # transformers 4.x: plain DynamicCache
+        return None
+
+    class GrowableLayer(DynamicLayer):
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                self._length = 0
+                self._key_buffer = self._value_buffer = None
+            needed = self._length + key_states.shape[-2]
+            if self._key_buffer is None or needed > self._key_buffer.shape[-2]:
+                capacity = max(needed + 64, 2 * self._length)
+                self._key_buffer = _grown(self._key_buffer, key_states, self._length, capacity)
+                self._value_buffer = _grown(self._value_buffer, value_states, self._length, capacity)
+            self._key_buffer[:, :, self._length : needed] = key_states
+            self._value_buffer[:, :, self._length : needed] = value_states
+            self._length = needed
+            self.keys = self._key_buffer[:, :, :needed]
+            self.values = self._value_buffer[:, :, :needed]
+            return self.keys, self.values
+
+    return GrowableLayer
+
+
+def _grown(buffer: torch.Tensor | None, like: torch.Tensor, length: int, capacity: int) -> torch.Tensor:
+    shape = (like.shape[0], like.shape[1], capacity, like.shape[3])
+    grown = like.new_empty(shape)
+    if buffer is not None and length:
+        grown[:, :, :length] = buffer[:, :, :length]
+    return grown
 
 
 def _make_cache(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
