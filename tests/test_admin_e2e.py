@@ -28,7 +28,7 @@ async def trainer_url(tmp_path: Path) -> AsyncIterator[str]:
     corpus = write_tiny_corpus(tmp_path / "corpus.csv")
     manager = JobManager(
         checkpoint_dir_for(tmp_path),
-        extra_train_args=[*tiny_train_args(), "--corpus", str(corpus)],
+        extra_train_args=[*tiny_train_args(checkpoint_every=50, eval_every=10), "--corpus", str(corpus)],
         poll_interval_s=0.05,
         cancel_grace_s=5.0,
     )
@@ -109,6 +109,7 @@ async def test_with_no_admins_configured_admin_commands_are_off(
         assert "No admins are configured" in _reply(inter)
 
 
+@pytest.mark.slow
 async def test_admin_retrains_sees_progress_and_the_new_run_is_served(
     tmp_path: Path, fake_discord: FakeDiscord, trainer_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -118,7 +119,7 @@ async def test_admin_retrains_sees_progress_and_the_new_run_is_served(
     admin = fake_discord.make_user("ned", admin=True)
     async with running_bot(tmp_path, fake_discord, admin_user_ids=frozenset({int(admin.id)}),
                            trainer_url=trainer_url, trainer_token=TOKEN) as bot:
-        inter = await fake_discord.invoke("retrain start", {"steps": 40, "learning_rate": 0.001}, user=admin)
+        inter = await fake_discord.invoke("retrain start", {"steps": 20, "learning_rate": 0.001}, user=admin)
         await inter.wait_done(timeout=20)
         assert "Started job" in _reply(inter)
         summary = await _channel_message(fake_discord, "Retraining done", timeout=90)
@@ -126,7 +127,7 @@ async def test_admin_retrains_sees_progress_and_the_new_run_is_served(
         assert progress.id != summary.id
         shown = [snap.content for snap in progress.history]
         assert any("step" in text and "tokens/s" in text and "ETA" in text for text in shown[1:-1]), shown
-        assert "Retraining finished" in progress.content and "step 40/40" in progress.content
+        assert "Retraining finished" in progress.content and "step 20/20" in progress.content
         assert "█" * admin_cog.BAR_WIDTH in progress.content
         new_run = runs.current_run_id(checkpoint_dir_for(tmp_path))
         assert new_run != "tiny-run" and f"`{new_run}`" in summary.content
@@ -141,6 +142,7 @@ async def test_admin_retrains_sees_progress_and_the_new_run_is_served(
     assert len(started) == 1 and "ned" in started[0] and "/retrain start" in started[0]
 
 
+@pytest.mark.slow
 async def test_admin_cancels_a_running_retrain(
     tmp_path: Path, fake_discord: FakeDiscord, trainer_url: str
 ) -> None:

@@ -541,7 +541,8 @@ class JobManager:
 
     def _child_env(self) -> dict[str, str]:
         env = dict(os.environ if self.env is None else self.env)
-        env.pop("MAESTER_TRAINER_TOKEN", None)  # the trainer never needs the service's secret
+        for secret in ("MAESTER_TRAINER_TOKEN", "DISCORD_TOKEN"):  # the trainer needs neither secret
+            env.pop(secret, None)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
