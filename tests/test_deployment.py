@@ -658,3 +658,77 @@ def test_healthcheck_passes_against_the_real_trainer_service(tmp_path: Path) -> 
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# --- docs/deployment.md -----------------------------------------------------------------------
+
+DEPLOYMENT_DOC = REPO / "docs" / "deployment.md"
+RUN_OPTIONS_WITH_VALUE = {"--entrypoint", "-e", "--env", "-v", "--volume", "-u", "--user", "--name"}
+
+
+def documented_compose_runs() -> list[tuple[str, list[str]]]:
+    """(service, arguments) of every `docker compose run` in the guide's code blocks."""
+    runs, in_code = [], False
+    text = DEPLOYMENT_DOC.read_text().replace("\\\n", " ")  # join continued shell lines
+    for line in text.splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+            continue
+        words = shlex.split(line, comments=True) if in_code else []
+        if words[:3] != ["docker", "compose", "run"]:
+            continue
+        rest, overridden = words[3:], False
+        while rest[0].startswith("-"):
+            option = rest.pop(0)
+            overridden |= option == "--entrypoint"
+            if option in RUN_OPTIONS_WITH_VALUE:
+                rest.pop(0)
+        if not overridden:
+            runs.append((rest[0], rest[1:]))
+    return runs
+
+
+def test_guide_runs_only_services_and_flags_that_exist() -> None:
+    """Each `docker compose run SERVICE ARGS` in the guide names a service and options it accepts."""
+    services = compose()["services"]
+    entrypoints = {
+        path.name: only(parse_dockerfile(path), "ENTRYPOINT")[-1].exec_form() for path in DOCKERFILES.values()
+    }
+    runs = documented_compose_runs()
+    assert {service for service, _ in runs} >= {"train", "train-cpu", "bot"}
+    for service, args in runs:
+        assert service in services, f"the guide runs an unknown service {service!r}"
+        if not args or args == ["--help"]:
+            continue
+        spec = services[service]
+        argv = spec.get("entrypoint", entrypoints[spec["build"]["dockerfile"]]) + args
+        flags = [n for n, a in enumerate(argv) if a.startswith("--")]
+        result = run_python(*argv[1 : flags[0] if flags else len(argv)], "--help", env=clean_env())
+        assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr}"
+        for flag in (argv[n] for n in flags):
+            assert flag in result.stdout, f"the guide passes {flag}, which {' '.join(argv[:3])} lacks"
+
+
+def test_guide_and_env_example_name_real_profiles() -> None:
+    """COMPOSE_PROFILES values suggested to users are profiles the compose file defines."""
+    profiles = {p for s in compose()["services"].values() for p in s.get("profiles", [])}
+    text = DEPLOYMENT_DOC.read_text() + ENV_EXAMPLE.read_text()
+    suggested = set(re.findall(r"COMPOSE_PROFILES=(\w[\w-]*)", text))
+    suggested |= set(re.findall(r"`(\w[\w-]*)` to run the trainer", text))
+    assert suggested and suggested <= profiles
+    assert {"gpu", "cpu", "train", "train-cpu"} <= profiles
+
+
+def test_guide_invite_link_asks_for_the_permissions_it_lists() -> None:
+    """The permission integer in the invite link is the sum of the permissions the guide explains."""
+    import discord
+
+    wanted = discord.Permissions(
+        view_channel=True, send_messages=True, embed_links=True, attach_files=True, read_message_history=True
+    )
+    text = DEPLOYMENT_DOC.read_text()
+    link = re.search(r"https://discord\.com/oauth2/authorize\?\S+", text)
+    assert link and f"permissions={wanted.value}" in link.group(0)
+    assert "scope=bot+applications.commands" in link.group(0)
+    listed = re.findall(r"^\| [A-Z][\w ]+ \| [^|]+ \| (\d+) \|$", text, flags=re.M)
+    assert sum(map(int, listed)) == wanted.value and len(listed) == 5
