@@ -302,10 +302,19 @@ async def test_a_long_scene_is_split_at_lines_or_attached(tmp_path: Path, fake_d
 
 async def test_status_shows_the_model_and_the_queue(tmp_path: Path, fake_discord: FakeDiscord) -> None:
     fake = fake_discord
-    async with running_bot(tmp_path, fake):
-        jo = fake.make_user("jo")
+    jo, admin, stranger = (
+        fake.make_user("jo"),
+        fake.make_user("boss", admin=True),
+        fake.make_user("x", admin=True),
+    )
+    async with running_bot(tmp_path, fake, admin_user_ids=frozenset({int(admin.id)})):
         await scene(fake, jo, length="short")
-        status = await (await fake.invoke("status", user=jo)).wait_done(timeout=10)
+        hidden = fake.synced_command("status")
+        assert hidden["default_member_permissions"] == "8"  # Discord hides it from non-administrators
+        # A server administrator who is not one of the bot's admins is still refused.
+        refused = await (await fake.invoke("status", user=stranger)).wait_done(timeout=10)
+        assert private_answer(refused) == "Only the bot's admins can use /status."
+        status = await (await fake.invoke("status", user=admin)).wait_done(timeout=10)
         assert status.ephemeral
         embed = status.original.embeds[0]
         fields = {f["name"]: f["value"] for f in embed["fields"]}
@@ -314,6 +323,7 @@ async def test_status_shows_the_model_and_the_queue(tmp_path: Path, fake_discord
         assert fields["Training steps"] == "100"
         assert fields["Scenes written"] == "1"
         assert "waiting" in fields["Queue"] and "tokens/s" in fields["Speed"]
+        assert fields["Model updates"].startswith("Serving run: tiny-run")
 
 
 async def test_healthz_and_metrics_follow_the_bot(tmp_path: Path, fake_discord: FakeDiscord) -> None:

@@ -1,4 +1,9 @@
-"""``/status``: which model is served, how good it was, and how the queue is doing."""
+"""``/status``: which model is served, how good it was, and how the queue is doing (admins only).
+
+Who counts as an admin is decided the same way as for the admin cog (MAESTER_ADMIN_USER_IDS /
+MAESTER_ADMIN_ROLE_IDS; with neither set, nobody), and the command is hidden from non-administrators
+in Discord's UI by default.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import MaesterBot
+from bot.cogs.admin import NotAdmin, is_admin
 
 
 def _fmt(value: Any, spec: str = ".2f") -> str:
@@ -66,7 +72,15 @@ def status_embed(bot: MaesterBot) -> discord.Embed:
     embed.add_field(name="Scenes written", value=str(stats.get("completed", bot.metrics.requests["ok"])))
     uptime = stats.get("uptime_s") or (time.monotonic() - bot.metrics.started_at)
     embed.add_field(name="Uptime", value=_duration(float(uptime)))
+    watcher = getattr(bot, "model_watcher", None)
+    if watcher is not None and hasattr(watcher, "status_lines"):
+        lines = "\n".join(discord.utils.escape_markdown(line) for line in watcher.status_lines())
+        embed.add_field(name="Model updates", value=_truncate(lines, 1024) or "n/a", inline=False)
     return embed
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class StatusCog(commands.Cog, name="Status"):
@@ -75,7 +89,20 @@ class StatusCog(commands.Cog, name="Status"):
     def __init__(self, bot: MaesterBot) -> None:
         self.bot = bot
 
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """Configured admins only; with none configured, nobody."""
+        if is_admin(self.bot.settings, interaction.user):
+            return True
+        if not (self.bot.settings.admin_user_ids or self.bot.settings.admin_role_ids):
+            raise NotAdmin(
+                "No admins are configured for this bot (MAESTER_ADMIN_USER_IDS or "
+                "MAESTER_ADMIN_ROLE_IDS), so /status is off."
+            )
+        raise NotAdmin("Only the bot's admins can use /status.")
+
     @app_commands.command(name="status")
+    @app_commands.default_permissions(administrator=True)
+    @app_commands.guild_only()
     async def status(self, interaction: discord.Interaction) -> None:
         """Show the served model, its quality and the generation queue."""
         await interaction.response.send_message(embed=status_embed(self.bot), ephemeral=True)
