@@ -6,6 +6,7 @@ Compose specification's JSON schema, and every command the images and services r
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -154,6 +155,12 @@ def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
         [sys.executable, *args], cwd=REPO, capture_output=True, text=True,
         timeout=SUBPROCESS_TIMEOUT_S, env=env,
     )
+
+
+@functools.cache
+def help_text(*program: str) -> subprocess.CompletedProcess[str]:
+    """``python <program> --help`` without maester settings in the environment (cached: imports are slow)."""
+    return run_python(*program, "--help", env=clean_env())
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -442,7 +449,7 @@ def test_every_command_the_images_run_exists(argv: tuple[str, ...], where: list[
     assert argv[0] == "python", where
     flags = [n for n, a in enumerate(argv) if a.startswith("--")]
     program = argv[1 : flags[0] if flags else len(argv)]
-    result = run_python(*program, "--help", env=clean_env())
+    result = help_text(*program)
     assert result.returncode == 0, f"{where}: {' '.join(argv)} --help failed:\n{result.stderr}"
     for flag in (a for a in argv if a.startswith("--")):
         assert flag in result.stdout, f"{where}: {flag} is not an option of {' '.join(program)}"
@@ -703,7 +710,7 @@ def test_guide_runs_only_services_and_flags_that_exist() -> None:
         spec = services[service]
         argv = spec.get("entrypoint", entrypoints[spec["build"]["dockerfile"]]) + args
         flags = [n for n, a in enumerate(argv) if a.startswith("--")]
-        result = run_python(*argv[1 : flags[0] if flags else len(argv)], "--help", env=clean_env())
+        result = help_text(*argv[1 : flags[0] if flags else len(argv)])
         assert result.returncode == 0, f"{' '.join(argv)}: {result.stderr}"
         for flag in (argv[n] for n in flags):
             assert flag in result.stdout, f"the guide passes {flag}, which {' '.join(argv[:3])} lacks"
