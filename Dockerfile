@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
-# maester bot image (CPU only, slim): runs the Discord bot; CPU-only training with
-# `--entrypoint python ... -m trainer train`. See docs/deployment.md.
+# maester bot image (CPU only, slim): the Discord bot, and the trainer for machines without a GPU.
 #   docker build -t maester-bot .
 #   docker run --rm --init --env-file .env -v maester_checkpoints:/checkpoints:ro maester-bot
+#   docker run --rm --init -v maester_checkpoints:/checkpoints --entrypoint python maester-bot -m trainer train
+# docker compose runs both (services bot, train-cpu, trainer-cpu); see docs/deployment.md.
 
 FROM python:3.12.13-slim-trixie
 
