@@ -424,6 +424,7 @@ def image_commands() -> Iterator[tuple[str, list[str]]]:
         instructions = parse_dockerfile(path)
         entrypoint = only(instructions, "ENTRYPOINT")[-1].exec_form()
         cmd = only(instructions, "CMD")
+        yield f"{path.name} ENTRYPOINT", entrypoint
         yield path.name, entrypoint + (cmd[-1].exec_form() if cmd else [])
         entrypoints[path.name] = entrypoint
     for name, service in compose()["services"].items():
