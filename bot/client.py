@@ -24,6 +24,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.formatting import neutralize, truncate
 from bot.health import HealthServer, Metrics, Probe
 from bot.settings import Settings
 
@@ -174,7 +175,8 @@ class MaesterBot(commands.Bot):
         elif isinstance(error, app_commands.CheckFailure):
             message = str(error) or "You can't use this command here."
         elif isinstance(error, app_commands.TransformerError):
-            message = f"That value for `{error.value!r}` isn't valid."
+            shown = neutralize(truncate(str(error.value), 100))
+            message = f"“{shown}” isn't a valid value for that option."
         else:
             command = interaction.command.name if interaction.command else "a command"
             log.error("error in /%s", command, exc_info=error)

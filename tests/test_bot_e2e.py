@@ -150,6 +150,41 @@ async def test_bad_options_are_refused_privately(tmp_path: Path, fake_discord: F
         assert options["characters"]["autocomplete"] is True
 
 
+async def test_options_are_checked_again_in_the_bot(tmp_path: Path, fake_discord: FakeDiscord) -> None:
+    """A modified client can send values Discord's own client would refuse; the bot bounds them itself."""
+    fake = fake_discord
+    async with running_bot(tmp_path, fake) as bot:
+        mallory = fake.make_user("mallory")
+        command = fake.synced_command("scene")
+
+        async def raw_scene(**options: Any) -> Interaction:
+            data = {
+                "id": command["id"],
+                "name": "scene",
+                "type": 1,
+                "guild_id": fake.guild_id,
+                "options": [{"name": k, "type": t, "value": v} for k, (t, v) in options.items()],
+            }
+            # The fake's public invoke() checks options like Discord's client; this skips that check.
+            inter = await fake._dispatch_interaction(2, "scene", data, mallory, None)
+            return await inter.wait_done(scene_finished, timeout=SCENE_TIMEOUT)
+
+        bad_seed = await raw_scene(characters=(3, "Jon Snow"), seed=(4, -5))
+        assert private_answer(bad_seed) == "The seed must be a whole number from 0 to 2147483647."
+        wild = await raw_scene(
+            characters=(3, "Jon Snow"),
+            setting=(3, "\x00" + "Winterfell " * 60),
+            temperature=(10, 9.0),
+        )
+        embed = final_embed(wild)
+        assert len(embed["title"]) <= 200 and "\x00" not in embed["title"]
+        record = next(iter(bot.get_cog("Scene").store._scenes.values()))
+        assert record.request.temperature == 1.5
+        assert len(record.request.setting) <= 200
+        endless = await raw_scene(characters=(3, "Jon Snow"), length=(3, "@everyone endless"))
+        assert private_answer(endless) == "“@\u200beveryone endless” isn't a valid value for that option."
+
+
 async def test_characters_autocomplete_from_the_model(tmp_path: Path, fake_discord: FakeDiscord) -> None:
     fake = fake_discord
     async with running_bot(tmp_path, fake):

@@ -44,6 +44,7 @@ from bot.formatting import (
     tail_lines,
     truncate,
 )
+from bot.settings import LENGTHS
 from trainer.scene_format import build_prompt, cut_at_scene_end, format_header, parse_turns
 
 log = logging.getLogger(__name__)
@@ -209,18 +210,23 @@ class SceneCog(commands.Cog, name="Scene"):
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
     ) -> None:
         """Write a new Game of Thrones scene with the characters you choose."""
+        # Discord enforces the ranges above in its own client, but a modified client can send anything,
+        # so every option is checked again here.
         known = self._speakers()
         choice = parse_characters(characters, known)
-        if choice.error:
+        problem = choice.error
+        if problem is None and seed is not None and not 0 <= seed <= SEED_MAX:
+            problem = f"The seed must be a whole number from 0 to {SEED_MAX}."
+        if problem is not None:
             self.bot.metrics.record("invalid")
-            await send_ephemeral(interaction, choice.error)
+            await send_ephemeral(interaction, problem)
             return
         settings = self.bot.settings
         request = SceneRequest(
             characters=choice.names,
             setting=clean_text(setting, SETTING_LIMIT),
             opening=clean_text(opening, OPENING_LIMIT),
-            length=length.value if length else "medium",
+            length=length.value if length and length.value in LENGTHS else "medium",
             temperature=_clamp(temperature if temperature is not None else settings.default_temperature),
             seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),
         )
