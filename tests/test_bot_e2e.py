@@ -88,11 +88,12 @@ async def test_scene_is_deferred_streamed_and_finished_within_limits(
     """The whole /scene path, with the token kept out of every log line and the loop never blocked."""
     caplog.set_level(logging.DEBUG)
     fake = secret_fake
-    async with running_bot(tmp_path, fake, stream_edit_interval=0.05) as bot, LoopLagMonitor() as lag:
+    interval = 0.01  # short, so even a fast machine streams a tiny model's lines in several edits
+    async with running_bot(tmp_path, fake, stream_edit_interval=interval) as bot, LoopLagMonitor() as lag:
         alice = fake.make_user("alice")
         inter = await scene(fake, alice, setting="The courtyard of Winterfell", length="long", seed=7)
         assert inter.errors == []
-        assert inter.deferred_at is not None and inter.deferred_at - inter.created_at < 1.0
+        assert inter.deferred_at is not None and inter.deferred_at - inter.created_at < 2.0
         original = inter.original
         assert original is not None and not original.ephemeral
         progress = [s for s in original.edits if not s.embeds]
@@ -100,7 +101,7 @@ async def test_scene_is_deferred_streamed_and_finished_within_limits(
         assert len(streamed) >= 2, [s.content for s in original.edits]  # text appeared in several steps
         assert all(len(a.content) <= len(b.content) for a, b in itertools.pairwise(streamed))
         gaps = [b.at - a.at for a, b in itertools.pairwise(progress)]
-        assert min(gaps) >= 0.05 * 0.8  # throttled to one edit per interval
+        assert min(gaps) >= interval * 0.8  # throttled to one edit per interval
         embed = final_embed(inter)
         assert "**Jon Snow:**" in embed["description"] or "**Arya Stark:**" in embed["description"]
         assert embed["title"] == "The courtyard of Winterfell"
@@ -216,7 +217,7 @@ async def test_a_full_queue_answers_busy_and_no_request_is_dropped(
     async with running_bot(
         tmp_path, fake, queue_size=1, max_batch_size=1, engine_options={"max_queue": 1, "max_batch_size": 1}
     ) as bot:
-        users = [fake.make_user(f"user{i}") for i in range(5)]
+        users = [fake.make_user(f"user{i}") for i in range(8)]
         pending = [
             await fake.invoke("scene", {"characters": "Jon Snow", "length": "long"}, user=u) for u in users
         ]
