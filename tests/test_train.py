@@ -13,7 +13,7 @@ from trainer.errors import UserError
 from trainer.metrics import EVENTS, read_metrics
 from trainer.model import load_pretrained, tokenizer_hash
 from trainer.scene_format import SCENE_FORMAT_VERSION
-from trainer.train import latest_unfinished_run, train
+from trainer.train import latest_unfinished_run, lr_schedule, train
 
 
 def _events(root, run_id="tiny", kind=None):
@@ -137,3 +137,21 @@ def test_init_current_without_a_published_run_is_one_sentence(tmp_path):
     assert [e["event"] for e in _events(tmp_path)] == ["error", "done"]
     assert json.loads((tmp_path / "work" / "tiny" / "config.json").read_text())["init"] == "current"
 
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    """Linear warmup to the peak, cosine down to min_lr_ratio at the last step."""
+    factor = lr_schedule(warmup=10, total=110, min_ratio=0.1)
+    warm = [factor(s) for s in range(10)]
+    assert warm == sorted(warm) and warm[0] < 0.2 and factor(10) == pytest.approx(1.0)
+    decay = [factor(s) for s in range(10, 111)]
+    assert decay == sorted(decay, reverse=True) and factor(110) == pytest.approx(0.1)
+    assert factor(500) == pytest.approx(0.1)
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    """--epochs 1 runs ceil(train blocks / blocks per step) steps."""
+    result = train(tiny_train_config(tmp_path, epochs=1.0, eval_every=100, checkpoint_every=100),
+                   make_tiny_corpus())
+    start = _events(tmp_path, kind="start")[0]
+    assert start["total_steps"] == math.ceil(start["train_blocks"] / 4) == result.step

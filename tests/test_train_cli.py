@@ -95,3 +95,36 @@ def test_command_line_run_publishes_and_a_second_run_reuses_the_cache(tmp_path):
     assert events[0]["event"] == "start" and events[-1]["status"] == "completed"
     assert runs.current_run(root).manifest.speakers[0] in {"Jon Snow", "Tyrion Lannister", "Arya Stark",
                                                           "Cersei Lannister", "Sansa Stark"}
+
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_with_resume_alone(tmp_path):
+    """SIGKILL a command-line run after its first checkpoint; `train --resume` alone finishes it."""
+    import signal
+    import time
+
+    corpus = write_tiny_csv(tmp_path / "c.csv")
+    root = tmp_path / "ckpt"
+    state = root / "work" / "killed" / "state"
+    cmd = [sys.executable, "-m", "trainer", "train", "--corpus", str(corpus), "--checkpoint-dir", str(root),
+           "--run-id", "killed", *TINY_FLAGS, "--steps", "60", "--checkpoint-every", "5",
+           "--eval-every", "30"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not list(state.glob("step-*")):
+            assert proc.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert runs.current_run_id(root) is None
+
+    assert main(["train", "--resume", "--checkpoint-dir", str(root), "--no-progress"]) == 0
+    events = read_metrics(root / "work" / "killed" / "metrics.jsonl")
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 2 and starts[1]["resumed_from"] % 5 == 0 and starts[1]["resumed_from"] > 0
+    assert {e["step"] for e in events if e["event"] == "step"} == set(range(10, 61, 10))  # --log-every 10
+    assert events[-1]["event"] == "done" and events[-1]["status"] == "completed"
+    assert runs.current_run(root).manifest.steps == 60
