@@ -409,9 +409,9 @@ def test_images_and_ci_install_with_the_same_command() -> None:
     assert images["gpu"] == [*ci[0][:5], constraint, *ci[0][6:]]
     # The GPU image keeps its base image's CUDA torch; CI and both images test the same torch release.
     gpu_torch = base_image(parse_dockerfile(DOCKERFILES["gpu"])).split(":")[1].split("-")[0]
-    assert torch_pin(REPO / constraint) == gpu_torch
-    ci_constraint = ci[0][ci[0].index("-c") + 1]
-    assert torch_pin(REPO / ci_constraint).split("+")[0] == gpu_torch
+    assert torch_pin(REPO / constraint) == gpu_torch, f"{constraint} must pin the base image's torch"
+    ci_torch = torch_pin(REPO / ci[0][ci[0].index("-c") + 1]).split("+")[0]
+    assert ci_torch == gpu_torch, f"CI tests torch {ci_torch} but the GPU image ships {gpu_torch}"
 
 
 # --- Commands the images run ------------------------------------------------------------------
