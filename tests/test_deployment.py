@@ -740,3 +740,16 @@ def test_guide_invite_link_asks_for_the_permissions_it_lists() -> None:
     assert "scope=bot+applications.commands" in link.group(0)
     listed = re.findall(r"^\| [A-Z][\w ]+ \| [^|]+ \| (\d+) \|$", text, flags=re.M)
     assert sum(map(int, listed)) == wanted.value and len(listed) == 5
+
+
+def test_published_ports_are_the_ports_the_services_listen_on() -> None:
+    """Compose fixes each server's port, so the published port, the health check and .env agree."""
+    port_variables = {"bot": "MAESTER_HEALTH_PORT", "trainer": "MAESTER_SERVICE_PORT",
+                      "trainer-cpu": "MAESTER_SERVICE_PORT"}
+    services = compose()["services"]
+    for name, variable in port_variables.items():
+        listening = services[name]["environment"][variable]
+        assert [p.rsplit(":", 1)[1] for p in services[name]["ports"]] == [listening], name
+    active, _ = documented_env()
+    service_port = services["trainer"]["environment"]["MAESTER_SERVICE_PORT"]
+    assert active["MAESTER_TRAINER_URL"] == f"http://trainer:{service_port}"
