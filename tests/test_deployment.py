@@ -273,6 +273,17 @@ def test_bot_stop_grace_period_outlasts_its_own_shutdown_grace() -> None:
     assert float(grace[:-1]) > Settings.__dataclass_fields__["shutdown_grace"].default
 
 
+def test_trainer_stop_grace_period_outlasts_the_job_cancel_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On `docker stop` the service cancels its training job, which gets its grace period, then exits."""
+    from trainer.cli import build_parser
+
+    monkeypatch.delenv("MAESTER_CANCEL_GRACE_S", raising=False)
+    cancel_grace = build_parser().parse_args(["serve"]).cancel_grace
+    for name in ("trainer", "trainer-cpu", "train", "train-cpu"):
+        grace = compose()["services"][name]["stop_grace_period"]
+        assert grace.endswith("s") and float(grace[:-1]) > cancel_grace, name
+
+
 def test_gpu_trainer_service_reserves_a_gpu_and_stays_on_localhost() -> None:
     """The control service gets the GPU, writes checkpoints, and is published on 127.0.0.1 only."""
     trainer = compose()["services"]["trainer"]
