@@ -185,8 +185,8 @@ class Engine:
         max_new_tokens_cap: int = 400,
         threads: int | None = None,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 0 or request_timeout_s <= 0 or max_new_tokens_cap < 1:
-            raise ValueError("batch size and token cap must be >= 1, max_queue >= 0 and the timeout > 0.")
+        if min(max_batch_size, max_queue, max_new_tokens_cap) < 1 or request_timeout_s <= 0:
+            raise ValueError("batch size, queue size and token cap must be >= 1, and the timeout > 0.")
         self._model = model
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -426,7 +426,8 @@ class Engine:
                 except Exception as exc:  # a model failure must not kill the worker: fail the batch instead
                     log.exception("generation step failed")
                     error = RuntimeError(f"generation failed: {exc}")
-                    for request in batch.requests + admitted:
+                    involved = {r.id: r for r in [*batch.requests, *admitted]}
+                    for request in involved.values():
                         self._fail(request, error)
                     batch = _Batch()
             self._shutdown(batch)

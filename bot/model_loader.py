@@ -149,7 +149,7 @@ def prepare_model(
 def quantize_int8(model: Any) -> Any:
     """Dynamic int8 quantization of every linear projection (GPT-2's Conv1D converted to nn.Linear first)."""
     from torch import nn
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     from transformers.pytorch_utils import Conv1D
 
     def convert(module: nn.Module) -> None:
@@ -166,7 +166,8 @@ def quantize_int8(model: Any) -> Any:
     convert(model)
     # lm_head is an nn.Linear tied to the input embedding; quantizing it gives it its own int8 copy, which
     # is what we want: it is the largest matmul per token, while the embedding lookup stays float.
-    quantized = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    # Per-channel scales keep one output row with large weights from costing every other row its precision.
+    quantized = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     return quantized
 
 
