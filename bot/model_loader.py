@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,12 @@ def quantize_int8(model: Any) -> Any:
     # lm_head is an nn.Linear tied to the input embedding; quantizing it gives it its own int8 copy, which
     # is what we want: it is the largest matmul per token, while the embedding lookup stays float.
     # Per-channel scales keep one output row with large weights from costing every other row its precision.
-    quantized = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+    with warnings.catch_warnings():
+        # torch.ao.quantization warns that it will move to torchao; it is still the maintained eager
+        # dynamic-quantization path in the torch versions pyproject admits, so the warning is only noise.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        quantized = quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
     return quantized
 
 
