@@ -247,9 +247,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     env_flag(outputs, "--checkpoint-dir", env="MAESTER_CHECKPOINT_DIR", default=str(d.checkpoint_dir),
              help="root of runs/, work/, cache/ and CURRENT")
     env_flag(outputs, "--cache-dir", env="MAESTER_CACHE_DIR", default=None,
-             help="where tokenized blocks are cached (default: <checkpoint-dir>/cache)")
+             help="where tokenized blocks are cached; None means <checkpoint-dir>/cache")
     env_flag(outputs, "--run-id", env="MAESTER_RUN_ID", default=None,
-             help="name of this run (default: a timestamp such as 20261126-124501-ab12)")
+             help="name of this run; None means a new timestamp id such as 20261126-124501-ab12")
     env_flag(outputs, "--checkpoint-every", env="MAESTER_CHECKPOINT_EVERY", default=d.checkpoint_every,
              type=int, help="save resumable state every N steps (the last 2 are kept)")
     env_flag(outputs, "--log-every", env="MAESTER_LOG_EVERY", default=d.log_every, type=int,
