@@ -124,3 +124,22 @@ def test_training_run_whose_publish_crashes_reports_failure_and_keeps_current(tm
     events = read_metrics(tmp_path / "work" / "tiny" / "metrics.jsonl")
     assert events[-2]["event"] == "error" and "disk went away" in events[-2]["message"]
     assert events[-1] == {**events[-1], "event": "done", "status": "failed"}
+
+
+def test_resume_after_a_crash_between_rename_and_pointer_finishes_the_publish(tmp_path, monkeypatch):
+    """The run reached runs/ but CURRENT was not switched: `--resume` switches it instead of failing."""
+    publish_tiny_run(tmp_path, "old")
+    config = tiny_train_config(tmp_path, steps=5, eval_every=5, checkpoint_every=5)
+
+    def crash(root, run_id):
+        raise Crash
+
+    monkeypatch.setattr(runs, "set_current", crash)
+    with pytest.raises(Crash):
+        train(config, make_tiny_corpus())
+    monkeypatch.undo()
+    _assert_only_complete_runs(tmp_path, "old")
+    result = train(tiny_train_config(tmp_path, steps=5, eval_every=5, checkpoint_every=5, resume=True),
+                   make_tiny_corpus())
+    assert result.status == "completed" and result.published == runs.runs_dir(tmp_path) / "tiny"
+    _assert_only_complete_runs(tmp_path, "tiny")

@@ -533,9 +533,15 @@ def publish_model(
 ) -> Path:
     """Publish ``model`` + tokenizer + generation config as run ``config.run_id`` and point CURRENT at it."""
     from trainer.metrics import perplexity
-    from trainer.runs import Manifest, publish_run
+    from trainer.runs import InvalidRunError, Manifest, load_run, publish_run, set_current
     from trainer.scene_format import SCENE_FORMAT_VERSION
 
+    try:  # a resumed run whose earlier publish died after the rename: only the pointer is missing
+        done = load_run(config.checkpoint_dir, config.run_id)
+        set_current(config.checkpoint_dir, config.run_id)
+        return done.path
+    except InvalidRunError:
+        pass
     manifest = Manifest(
         run_id=config.run_id,
         base_model=base_model,
