@@ -14,7 +14,7 @@ import bot.cogs.admin as admin_cog
 from tests.bot_harness import checkpoint_dir_for, publish_trained_tiny_run, running_bot, scene_finished
 from tests.fakediscord import FakeDiscord, Message
 from tests.fakediscord import fake_discord as fake_discord  # the fixture
-from tests.test_jobs import tiny_train_args, write_tiny_corpus
+from tests.test_jobs import tiny_env, tiny_train_args, write_tiny_corpus
 from trainer import runs
 from trainer.jobs import JobManager
 from trainer.service import build_app
@@ -29,6 +29,7 @@ async def trainer_url(tmp_path: Path) -> AsyncIterator[str]:
     manager = JobManager(
         checkpoint_dir_for(tmp_path),
         extra_train_args=[*tiny_train_args(checkpoint_every=50, eval_every=10), "--corpus", str(corpus)],
+        env=tiny_env(),
         poll_interval_s=0.05,
         cancel_grace_s=5.0,
     )

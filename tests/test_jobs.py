@@ -41,8 +41,15 @@ def tiny_train_args(*, checkpoint_every: int = 5, eval_every: int = 10) -> list[
             "--device", "cpu", "--log-every", "1", "--patience", "0"]
 
 
+def tiny_env() -> dict[str, str]:
+    """The environment for test trainers: one OpenMP thread, since spinning thread pools on a shared
+    CPU make a tiny model's steps a hundred times slower."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def tiny_manager(root: Path, **options) -> JobManager:
     """A job manager whose jobs train a tiny scratch model, polling metrics often."""
+    options.setdefault("env", tiny_env())
     options.setdefault("extra_train_args", tiny_train_args())
     options.setdefault("poll_interval_s", 0.05)
     options.setdefault("cancel_grace_s", 5.0)
@@ -93,6 +100,14 @@ def test_bad_params_get_one_sentence(body, fragment: str) -> None:
     """Every malformed or out-of-range option is refused with a sentence naming it."""
     with pytest.raises(BadJobParams, match=fragment):
         JobParams.from_json(body)
+
+
+def test_the_trainer_never_sees_the_secrets(tmp_path: Path) -> None:
+    """The service token and the Discord token stay out of the trainer's environment."""
+    env = {"PATH": "/usr/bin", "MAESTER_TRAINER_TOKEN": "t1", "DISCORD_TOKEN": "t2", "MAESTER_STEPS": "9"}
+    child = JobManager(tmp_path, env=env).child_env()
+    assert "MAESTER_TRAINER_TOKEN" not in child and "DISCORD_TOKEN" not in child
+    assert child["MAESTER_STEPS"] == "9"
 
 
 def test_metrics_tail_waits_for_whole_lines(tmp_path: Path) -> None:
@@ -157,19 +172,20 @@ async def test_a_killed_trainer_is_interrupted_and_resumes_from_its_checkpoint(t
     args = tiny_train_args(checkpoint_every=10, eval_every=100)
     manager = tiny_manager(tmp_path / "ck", extra_train_args=args)
     await manager.open()
-    job = await manager.start(JobParams(steps=300, init="scratch", corpus=(str(corpus),)))
+    job = await manager.start(JobParams(steps=150, init="scratch", corpus=(str(corpus),)))
     running = await wait_for(manager, job.id, lambda j: (j.last_checkpoint_step or 0) >= 10)
     assert running.state == "running", "the tiny run ended before it could be killed"
     os.killpg(running.pid, signal.SIGKILL)
     killed = await wait_for(manager, job.id, lambda j: j.finished)
     assert killed.state == "interrupted" and "SIGKILL" in (killed.error or "")
-    assert killed.step < 300
+    assert killed.step < 150
+    assert manager.get(job.id).state == "interrupted"
 
     resumed = await manager.resume(job.id)
     assert resumed.state == "running" and resumed.attempts == 2
     done = await wait_for(manager, job.id, lambda j: False, timeout=120)
     assert done.state == "succeeded", manager.log_path(job.id).read_text(encoding="utf-8")[-2000:]
-    assert done.step == 300 and done.published_run_id == job.run_id
+    assert done.step == 150 and done.published_run_id == job.run_id
     metrics = (tmp_path / "ck" / "work" / job.run_id / "metrics.jsonl").read_text(encoding="utf-8")
     starts = [json.loads(line) for line in metrics.splitlines() if '"start"' in line]
     assert starts[-1]["resumed_from"] is not None and starts[-1]["resumed_from"] >= 10

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from bot.trainer_client import ServiceTrainerClient, TrainerError
-from tests.test_jobs import tiny_manager, tiny_train_args, write_tiny_corpus
+from bot.trainer_client import LocalTrainerClient, ServiceTrainerClient, TrainerError
+from tests.test_jobs import tiny_env, tiny_manager, tiny_train_args, write_tiny_corpus
 from trainer import runs
 from trainer.jobs import JobParams
 from trainer.service import MAX_BODY_BYTES, build_app
@@ -141,6 +141,27 @@ async def test_one_job_at_a_time_and_cancel(service: TestClient, tmp_path: Path)
         await client.close()
 
 
+async def test_the_local_runner_behaves_like_the_service(tmp_path: Path) -> None:
+    """Without a trainer URL the bot runs the trainer itself, through the same interface."""
+    corpus = str(write_tiny_corpus(tmp_path / "corpus.csv"))
+    client = LocalTrainerClient(tmp_path / "ck", extra_train_args=tiny_train_args(), env=tiny_env(),
+                                poll_interval_s=0.05)
+    try:
+        job = await client.start(JobParams(steps=12, init="scratch", corpus=(corpus,)), requested_by="ned")
+        with pytest.raises(TrainerError) as busy:
+            await client.start(JobParams(steps=5, init="scratch", corpus=(corpus,)))
+        assert busy.value.status == 409 and "already running" in str(busy.value)
+        updates = [update async for update in client.follow(job.id)]
+        assert updates[-1].state == "succeeded" and updates[-1].step == 12
+        assert updates[-1].published_run_id == runs.current_run_id(tmp_path / "ck")
+        assert [j.id for j in await client.history()] == [job.id]
+        with pytest.raises(TrainerError) as missing:
+            await client.get("nope")
+        assert missing.value.status == 404
+    finally:
+        await client.close()
+
+
 def test_serve_refuses_a_public_address_without_a_token(tmp_path: Path) -> None:
     """Without MAESTER_TRAINER_TOKEN the service only binds to loopback."""
     env = {k: v for k, v in os.environ.items() if k != "MAESTER_TRAINER_TOKEN"}
@@ -168,7 +189,7 @@ def _free_port() -> int:
 
 
 def _start_service(root: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "MAESTER_TRAINER_TOKEN": TOKEN,
+    env = {**tiny_env(), "MAESTER_TRAINER_TOKEN": TOKEN,
            "MAESTER_SERVICE_TRAIN_ARGS": " ".join(tiny_train_args(checkpoint_every=10, eval_every=100))}
     log = open(root.parent / f"service-{port}-{time.monotonic_ns()}.log", "wb")  # noqa: SIM115
     return subprocess.Popen(
@@ -205,7 +226,7 @@ async def test_a_job_cut_off_by_a_service_restart_is_interrupted_and_resumes(tmp
     trainer_pid = None
     try:
         await _wait_healthy(url, service)
-        job = await client.start(JobParams(steps=300, init="scratch", corpus=(corpus,)))
+        job = await client.start(JobParams(steps=150, init="scratch", corpus=(corpus,)))
         async for update in client.follow(job.id):
             if (update.last_checkpoint_step or 0) >= 10:
                 break
@@ -230,7 +251,7 @@ async def test_a_job_cut_off_by_a_service_restart_is_interrupted_and_resumes(tmp
         assert resumed.state == "running" and resumed.attempts == 2
         final = [u async for u in client.follow(job.id)][-1]
         assert final.state == "succeeded", final.error
-        assert final.step == 300 and runs.current_run_id(root) == job.run_id
+        assert final.step == 150 and runs.current_run_id(root) == job.run_id
     finally:
         await client.close()
         if trainer_pid is not None:

@@ -519,7 +519,7 @@ class JobManager:
                     stdout=log_file,
                     stderr=asyncio.subprocess.STDOUT,
                     start_new_session=True,  # own process group: cancel kills the whole tree
-                    env=self._child_env(),
+                    env=self.child_env(),
                 )
         except OSError as exc:
             job.state = "failed"
@@ -539,7 +539,8 @@ class JobManager:
         await self._notify()
         self._monitor = asyncio.create_task(self._follow(job, process, MetricsTail(metrics, offset)))
 
-    def _child_env(self) -> dict[str, str]:
+    def child_env(self) -> dict[str, str]:
+        """The trainer's environment: ours (or the one given), minus secrets it has no use for."""
         env = dict(os.environ if self.env is None else self.env)
         for secret in ("MAESTER_TRAINER_TOKEN", "DISCORD_TOKEN"):  # the trainer needs neither secret
             env.pop(secret, None)
