@@ -290,6 +290,8 @@ def train(
             total_steps = max(1, math.ceil(config.epochs * len(train_blocks) / per_step))
 
         model.config.use_cache = False  # no KV cache while training: it only costs memory
+        if getattr(model, "loss_type", None) is None:
+            model.loss_type = "ForCausalLM"  # what transformers picks anyway, minus its warning on every run
         model.to(device)
         bf16 = use_bf16(config, device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
