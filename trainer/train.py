@@ -325,6 +325,11 @@ def train(
                     f"the corpus changed since run {config.run_id} started; resume with the same corpus "
                     "or start a new run."
                 )
+            if saved["tokenizer_hash"] != tok_hash:
+                raise UserError(
+                    f"run {config.run_id} started with another tokenizer than {loaded.base_model} has now "
+                    "(did CURRENT change?); start a new run instead of resuming."
+                )
             # A checkpoint taken right at a new best stores no separate best weights: they are these.
             best_weights = ckpt.load_best_weights(latest.path) or _weights_copy(model.state_dict())
             total_steps = int(saved["total_steps"])
