@@ -436,7 +436,9 @@ def train(
                     loss = train_model(input_ids=x, labels=y).loss / config.grad_accum
                 loss.backward()
                 loss_sum += loss.detach()
-                window_tokens += int((chunk != PAD).sum()) * dist.world_size
+                counted = int((chunk != PAD).sum()) * dist.world_size  # ranks' blocks are alike in size
+                window_tokens += counted
+                tokens_seen += counted
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
@@ -449,7 +451,6 @@ def train(
                     torch.distributed.all_reduce(loss_sum)
                     loss_sum /= dist.world_size
                 now = time.perf_counter()
-                tokens_seen += window_tokens
                 rate = window_tokens / max(now - window_start, 1e-9)
                 step_time = (now - window_start) / config.log_every
                 eta = step_time * (total_steps - step)
