@@ -56,22 +56,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="don't require DISCORD_TOKEN (to check a model before setting up Discord)",
     )
     check.set_defaults(func=_cmd_check_config)
+    # The console's own flags (and their MAESTER_* defaults) are parsed only when it runs, so a bad
+    # console setting can't stop `run` or `check-config`; `console --help` lists them.
     console = sub.add_parser(
         "console",
-        help="generate scenes in the terminal, without Discord",
+        add_help=False,
+        help="generate scenes in the terminal, without Discord (see `console --help`)",
         description="Generate scenes from the published model in the terminal.",
     )
-    with contextlib.suppress(ImportError):
-        from bot.console import add_console_arguments
-
-        add_console_arguments(console)
     console.set_defaults(func=_cmd_console)
+    return parser
+
+
+def console_parser() -> argparse.ArgumentParser:
+    """The ``python -m bot console`` parser."""
+    from bot.console import add_console_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bot console",
+        description="Generate scenes from the published model in the terminal, without Discord.",
+    )
+    add_console_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run the command; user errors become one ``error:`` line and exit 2."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.func is _cmd_console:
+        args = console_parser().parse_args(extra)
+        args.func = _cmd_console
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -176,7 +176,7 @@ class MaesterBot(commands.Bot):
             message = str(error) or "You can't use this command here."
         elif isinstance(error, app_commands.TransformerError):
             shown = neutralize(truncate(str(error.value), 100))
-            message = f"“{shown}” isn't a valid value for that option."
+            message = f"“{shown}” isn't valid for that option."
         else:
             command = interaction.command.name if interaction.command else "a command"
             log.error("error in /%s", command, exc_info=error)

@@ -216,7 +216,7 @@ class SceneCog(commands.Cog, name="Scene"):
         choice = parse_characters(characters, known)
         problem = choice.error
         if problem is None and seed is not None and not 0 <= seed <= SEED_MAX:
-            problem = f"The seed must be a whole number from 0 to {SEED_MAX}."
+            problem = f"This scene can't be written: the seed must be a whole number from 0 to {SEED_MAX}."
         if problem is not None:
             self.bot.metrics.record("invalid")
             await send_ephemeral(interaction, problem)
