@@ -27,6 +27,7 @@ from discord.ext import commands
 from bot.formatting import neutralize, truncate
 from bot.health import HealthServer, Metrics, Probe
 from bot.settings import Settings
+from trainer.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,14 @@ class MaesterBot(commands.Bot):
             except Exception as exc:  # a broken cog must not take the bot down
                 self.failed_extensions[name] = f"{type(exc).__name__}: {exc}"
                 log.exception("could not load extension %s; continuing without it", name)
-        await self.health.start()
+        try:
+            await self.health.start()
+        except OSError as exc:
+            host, port = self.settings.health_host, self.settings.health_port
+            raise UserError(
+                f"Could not serve /healthz on {host}:{port} ({exc.strerror or exc}); set MAESTER_HEALTH_PORT "
+                "to a free port or MAESTER_HEALTH_HOST to an address of this machine."
+            ) from None
         await self.sync_commands_if_changed()
 
     def sync_targets(self) -> list[discord.Object | None]:

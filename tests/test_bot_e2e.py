@@ -539,6 +539,19 @@ async def test_discord_unreachable_is_one_clear_sentence(
         await serve(MaesterBot(settings, None), SECRET_TOKEN)
 
 
+async def test_a_busy_health_port_is_one_clear_sentence(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with FakeDiscord(token=SECRET_TOKEN) as fake:
+            settings = make_settings(tmp_path, fake, health_port=port)
+            with patch_discord(fake), pytest.raises(UserError) as caught:
+                await serve(MaesterBot(settings, None, extensions=("bot.cogs.scene",)), SECRET_TOKEN)
+    assert str(caught.value).startswith(f"Could not serve /healthz on 127.0.0.1:{port} (")
+    assert "MAESTER_HEALTH_PORT" in str(caught.value)
+
+
 async def test_sigterm_finishes_the_scene_in_flight_and_closes(tmp_path: Path) -> None:
     async with FakeDiscord(token=SECRET_TOKEN) as fake:
         publish_trained_tiny_run(checkpoint_dir_for(tmp_path))
