@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+import trainer.service as service_module
 from bot.trainer_client import LocalTrainerClient, ServiceTrainerClient, TrainerError
 from tests.test_jobs import tiny_env, tiny_manager, tiny_train_args, write_tiny_corpus
 from trainer import runs
@@ -118,8 +119,12 @@ async def test_a_job_runs_streams_progress_and_publishes(
     assert TOKEN not in caplog.text
 
 
-async def test_one_job_at_a_time_and_cancel(service: TestClient, tmp_path: Path) -> None:
-    """A second job while one runs gets 409 with a message; cancel stops the first."""
+async def test_one_job_at_a_time_and_cancel(
+    service: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second job while one runs gets 409 with a message; the event stream keeps an idle connection
+    alive without ending; cancel stops the job and ends the stream."""
+    monkeypatch.setattr(service_module, "SSE_KEEPALIVE_S", 0.05)
     corpus = str(write_tiny_corpus(tmp_path / "corpus.csv"))
     client = trainer_client(service)
     try:
@@ -129,11 +134,17 @@ async def test_one_job_at_a_time_and_cancel(service: TestClient, tmp_path: Path)
         with pytest.raises(TrainerError) as refused:
             await client.start(JobParams(steps=5))
         assert refused.value.status == 409
-        async for update in client.follow(job.id):
-            if update.step >= 1:
-                break
+        stream = await service.get(f"/jobs/{job.id}/events", headers=AUTH)
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        lines = []
+        while not any(line.startswith("data:") and '"step": 0' not in line for line in lines):
+            assert not stream.content.at_eof(), f"the stream ended while the job ran: {lines}"
+            lines.append((await stream.content.readline()).decode().strip())  # trainer start-up is silent
+        assert ": keepalive" in lines and "event: job" in lines
         cancelled = await client.cancel(job.id)
         assert cancelled.state == "cancelled" and 1 <= cancelled.step < 100_000
+        rest = (await stream.content.read()).decode()
+        assert '"state": "cancelled"' in rest and rest.endswith("event: end\ndata: {}\n\n")
         response = await service.post(f"/jobs/{job.id}/cancel", headers=AUTH)
         assert response.status == 409 and "already finished" in (await response.json())["error"]
         assert (await (await service.get("/healthz")).json())["busy"] is False

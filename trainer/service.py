@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -152,20 +153,31 @@ async def job_events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     updates = manager.watch(job_id).__aiter__()
+    # The next update is awaited in its own task: timing out to send a keepalive must not cancel (and
+    # so end) the watch generator.
+    upcoming: asyncio.Future | None = None
     try:
         while True:
-            try:
-                job = await asyncio.wait_for(anext(updates), SSE_KEEPALIVE_S)
-            except TimeoutError:
+            if upcoming is None:
+                upcoming = asyncio.ensure_future(anext(updates))
+            done, _ = await asyncio.wait({upcoming}, timeout=SSE_KEEPALIVE_S)
+            if not done:
                 await response.write(b": keepalive\n\n")
                 continue
+            try:
+                job = upcoming.result()
             except StopAsyncIteration:
                 break
+            upcoming = None
             await response.write(f"event: job\ndata: {json.dumps(job.to_json())}\n\n".encode())
         await response.write(b"event: end\ndata: {}\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
         pass  # the client went away
     finally:
+        if upcoming is not None and not upcoming.done():
+            upcoming.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await upcoming
         await updates.aclose()
     return response
 
