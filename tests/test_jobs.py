@@ -208,3 +208,15 @@ async def test_cancel_stops_the_trainer_and_a_second_job_is_refused_while_busy(t
     with pytest.raises(ProcessLookupError):  # the trainer's whole process group is gone
         os.killpg(job.pid, 0)
     await manager.close()
+
+
+async def test_a_trainer_error_fails_the_job_with_its_sentence(tmp_path: Path) -> None:
+    """A trainer that refuses its settings fails the job; the error is the trainer's own sentence."""
+    manager = tiny_manager(tmp_path / "ck")
+    await manager.open()
+    job = await manager.start(JobParams(steps=5, init="scratch", corpus=(str(tmp_path / "missing.csv"),)))
+    failed = await wait_for(manager, job.id, lambda j: j.finished)
+    assert failed.state == "failed" and failed.exit_code == 2
+    assert failed.error is not None and "missing.csv" in failed.error and "Traceback" not in failed.error
+    assert manager.active() is None
+    await manager.close()
