@@ -16,7 +16,7 @@ from tests.fakediscord import FakeDiscord, Message
 from tests.fakediscord import fake_discord as fake_discord  # the fixture
 from tests.test_jobs import tiny_env, tiny_train_args, write_tiny_corpus
 from trainer import runs
-from trainer.jobs import JobManager
+from trainer.jobs import Job, JobManager, JobParams
 from trainer.service import build_app
 
 TOKEN = "e2e-trainer-token"
@@ -69,6 +69,22 @@ def _reply(inter) -> str:
     if inter.response_data:
         texts.append(str(inter.response_data.get("content", "")))
     return "\n".join(texts)
+
+
+def test_progress_and_summary_texts() -> None:
+    """The progress message shows bar, step, loss, speed and ETA; long errors stay within Discord's limit."""
+    job = Job(id="j1", params=JobParams(steps=200), run_id="run-x", state="running", step=50, total_steps=200,
+              loss=2.3456, tokens_per_s=12345.6, eta_s=125, val_ppl=10.5)
+    text = admin_cog.progress_text(job)
+    assert "`[█████░░░░░░░░░░░░░░░]`  25%" in text and "step 50/200" in text
+    assert "loss 2.346" in text and "12,346 tokens/s" in text
+    assert "ETA 2m 05s" in text and "val ppl 10.50" in text
+    failed = Job(id="j1", params=JobParams(), run_id="run-x", state="failed", error="x" * 5000)
+    assert len(admin_cog.progress_text(failed)) < 2000 and len(admin_cog.summary_text(failed, "")) < 2000
+    done = Job(id="j1", params=JobParams(), run_id="run-x", state="succeeded", step=200,
+               published_run_id="run-x", val_ppl_before=30.0, val_ppl_after=12.25)
+    summary = admin_cog.summary_text(done, "The bot now serves `run-x`.")
+    assert "new run `run-x`" in summary and "30.00 → 12.25" in summary
 
 
 async def test_non_admins_are_refused_and_audited(
