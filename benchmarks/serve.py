@@ -58,31 +58,58 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     loaded = build_model(args)
-    print(f"model: {loaded.run_id} ({sum(p.numel() for p in loaded.model.parameters()) / 1e6:.0f}M float "
-          f"params), device {loaded.device}, dtype {loaded.dtype}, quantize {loaded.quantize}, "
-          f"threads {args.threads}, new tokens {args.new_tokens}")
+    config = loaded.model.config
+    print(f"model: {loaded.run_id} ({config.n_layer} layers, {config.n_embd} wide, "
+          f"vocab {config.vocab_size}), device {loaded.device}, dtype {loaded.dtype}, "
+          f"quantize {loaded.quantize}, threads {args.threads}, new tokens {args.new_tokens}, "
+          f"rounds {args.rounds}")
     prompts = [make_prompt(i) for i in range(max(args.concurrency))]
     params = [SamplingParams(max_new_tokens=args.new_tokens, seed=i) for i in range(len(prompts))]
-
     baseline_model = loaded
     if args.baseline_fp32 and loaded.quantize != "none":
         baseline_model = build_model(args, quantize="none")
-    base = run_baseline(baseline_model, prompts[: args.baseline_requests], params)
-    report("baseline: HF generate, one request at a time", base, sum(t.latency_s for t in base))
-    base_stream = statistics.fmean(t.tokens / t.latency_s for t in base)
-    base_aggregate = sum(t.tokens for t in base) / sum(t.latency_s for t in base)
+    run_baseline(baseline_model, prompts[:1], params[:1])  # warm-up, not counted
 
+    # Rounds interleave the baseline and every concurrency, so a burst of load on a shared machine hits
+    # both sides alike; the figures are medians over rounds and the ratios are paired per round.
+    rows: dict[str, list[tuple[list[Timing], float]]] = {"baseline": []}
+    rows.update({f"c{c}": [] for c in args.concurrency})
+    for round_index in range(args.rounds):
+        picks = [(round_index + k) % len(prompts) for k in range(args.baseline_requests)]
+        base = run_baseline(baseline_model, [prompts[i] for i in picks], [params[i] for i in picks])
+        rows["baseline"].append((base, sum(t.latency_s for t in base)))
+        for concurrency in args.concurrency:
+            timings, wall = asyncio.run(run_engine(loaded, prompts[:concurrency], params[:concurrency], args))
+            rows[f"c{concurrency}"].append((timings, wall))
+        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+
+    report("baseline: HF generate, one request at a time" + (" (float32)" if baseline_model is not loaded
+                                                             else ""), rows["baseline"])
     for concurrency in args.concurrency:
-        timings, wall = asyncio.run(run_engine(loaded, prompts[:concurrency], params[:concurrency], args))
-        report(f"engine: concurrency {concurrency}", timings, wall)
-        stream = statistics.fmean(t.tokens / t.latency_s for t in timings)
-        aggregate = sum(t.tokens for t in timings) / wall
-        print(f"  ratio vs baseline: per-stream {stream / base_stream:.2f}x, "
-              f"aggregate {aggregate / base_aggregate:.2f}x")
+        report(f"engine: {concurrency} concurrent", rows[f"c{concurrency}"])
+        stream_ratio = statistics.median(
+            _stream(timings) / _stream(base) for (timings, _), (base, _) in
+            zip(rows[f"c{concurrency}"], rows["baseline"], strict=True)
+        )
+        aggregate_ratio = statistics.median(
+            _aggregate(timings, wall) / _aggregate(base, base_wall) for (timings, wall), (base, base_wall) in
+            zip(rows[f"c{concurrency}"], rows["baseline"], strict=True)
+        )
+        print(f"  vs baseline (median of per-round ratios): per-stream {stream_ratio:.2f}x, "
+              f"aggregate {aggregate_ratio:.2f}x")
 
     if args.ppl_text:
         check_perplexity(args, loaded)
     return 0
+
+
+def _stream(timings: list[Timing]) -> float:
+    """Mean tokens/s one client sees (its tokens over its latency, queueing included)."""
+    return statistics.fmean(t.tokens / t.latency_s for t in timings)
+
+
+def _aggregate(timings: list[Timing], wall: float) -> float:
+    return sum(t.tokens for t in timings) / wall
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,8 +126,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16],
                         help="simultaneous requests to measure [default: 1 4 16]")
     parser.add_argument("--max-batch-size", type=int, default=16, help="engine batch size [default: 16]")
-    parser.add_argument("--baseline-requests", type=int, default=3,
-                        help="requests the sequential baseline serves [default: 3]")
+    parser.add_argument("--baseline-requests", type=int, default=1,
+                        help="requests the sequential baseline serves per round [default: 1]")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of baseline + every concurrency, interleaved [default: 3]")
     parser.add_argument("--baseline-fp32", action=argparse.BooleanOptionalAction, default=True,
                         help="with --quantize int8, run the baseline on the float32 model [default: yes]")
     parser.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()),
@@ -165,22 +194,22 @@ def run_baseline(loaded: LoadedModel, prompts: list[str], params: list[SamplingP
     """One ``model.generate`` call per request, sequentially, with the same sampling settings."""
     model, tokenizer = loaded.model, loaded.tokenizer
     timings = []
-    for index, prompt in enumerate([prompts[0], *prompts]):  # the first run warms up and is not counted
-        setting = params[max(0, index - 1)]
+    for prompt, setting in zip(prompts, params, strict=True):
         inputs = tokenizer(prompt, return_tensors="pt").to(loaded.device)
+        # Like the engine, never run past the model's context.
+        new_tokens = min(setting.max_new_tokens, loaded.context_length - inputs["input_ids"].shape[1])
         torch.manual_seed(setting.seed or 0)
         start = time.perf_counter()
         with torch.inference_mode():
             output = model.generate(
-                **inputs, do_sample=True, max_new_tokens=setting.max_new_tokens,
-                min_new_tokens=setting.max_new_tokens, temperature=setting.temperature, top_p=setting.top_p,
-                top_k=setting.top_k, repetition_penalty=setting.repetition_penalty,
+                **inputs, do_sample=True, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                temperature=setting.temperature, top_p=setting.top_p, top_k=setting.top_k,
+                repetition_penalty=setting.repetition_penalty,
                 pad_token_id=tokenizer.eos_token_id,
             )
         seconds = time.perf_counter() - start
-        if index:
-            tokens = output.shape[1] - inputs["input_ids"].shape[1]
-            timings.append(Timing(tokens, seconds, None, seconds))  # nothing is shown before it returns
+        tokens = output.shape[1] - inputs["input_ids"].shape[1]
+        timings.append(Timing(tokens, seconds, None, seconds))  # nothing is shown before it returns
     return timings
 
 
@@ -212,18 +241,19 @@ async def run_engine(
     return list(timings), wall
 
 
-def report(title: str, timings: list[Timing], wall: float) -> None:
-    """Print one block of figures."""
-    latencies = sorted(t.latency_s for t in timings)
-    first_tokens = [t.first_token_s for t in timings if t.first_token_s is not None]
-    first_texts = [t.first_text_s for t in timings if t.first_text_s is not None]
-    tokens = sum(t.tokens for t in timings)
-    print(f"{title}: {len(timings)} requests, {tokens} tokens")
-    print(f"  per-stream tokens/s {statistics.fmean(t.tokens / t.latency_s for t in timings):7.1f}   "
-          f"aggregate tokens/s {tokens / wall:7.1f}")
+def report(title: str, rounds: list[tuple[list[Timing], float]]) -> None:
+    """Print one block of figures: medians over rounds, latency percentiles over every request."""
+    everything = [t for timings, _ in rounds for t in timings]
+    latencies = sorted(t.latency_s for t in everything)
+    first_tokens = [t.first_token_s for t in everything if t.first_token_s is not None]
+    first_texts = [t.first_text_s for t in everything if t.first_text_s is not None]
+    stream = statistics.median(_stream(timings) for timings, _ in rounds)
+    aggregate = statistics.median(_aggregate(timings, wall) for timings, wall in rounds)
+    print(f"{title}: {len(everything)} requests, {sum(t.tokens for t in everything)} tokens")
+    print(f"  per-stream tokens/s {stream:7.1f}   aggregate tokens/s {aggregate:7.1f}")
     print(f"  latency p50 {_pct(latencies, 0.5):6.2f} s  p95 {_pct(latencies, 0.95):6.2f} s   "
           f"first token p50 {_fmt(first_tokens)}   first streamed text p50 {_fmt(first_texts)}"
-          f" ({len(first_texts)}/{len(timings)} streamed any text)")
+          f" ({len(first_texts)}/{len(everything)} streamed any text)")
 
 
 def check_perplexity(args: argparse.Namespace, served: LoadedModel) -> None:
