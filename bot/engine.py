@@ -137,10 +137,14 @@ class GenerationHandle:
         return self._engine._position(self.request_id)
 
     async def stream(self) -> AsyncIterator[str]:
-        """Text deltas as they are generated, whole lines at a time; they add up to the final text."""
+        """Text deltas as they are generated, whole lines at a time; they add up to the final text.
+
+        Meant for one reader: deltas already read are not replayed.
+        """
         while True:
             delta = await self._deltas.get()
             if delta is None:
+                self._deltas.put_nowait(None)  # so a second reader (or a late one) ends too
                 break
             yield delta
         if self._future.done() and not self._future.cancelled() and self._future.exception() is not None:

@@ -169,6 +169,21 @@ async def test_stream_adds_up_to_result(tiny: LoadedModel) -> None:
         await engine.stop()
 
 
+async def test_stream_yields_each_line_as_it_ends(tokenizer) -> None:
+    """Deltas are whole lines, in order; the cut-off last line is neither streamed nor in the result."""
+    script = _ids(tokenizer, ":") + _ids(tokenizer, " Winter.\nJon Snow:")
+    engine = Engine(scripted_model(tokenizer, script))
+    await engine.start()
+    try:
+        handle = engine.submit(build_prompt(("Jon Snow",)), _greedy(20))
+        deltas = [delta async for delta in handle.stream()]
+        result = await handle.result()
+    finally:
+        await engine.stop()
+    assert deltas == [" Winter.\n", "Jon Snow: Winter.\n", "Jon Snow: Winter.\n"]
+    assert (result.finish_reason, result.text) == ("length", "".join(deltas))
+
+
 async def test_stops_at_next_scene_header(tokenizer) -> None:
     """Generation ends where a new scene header starts; the header is not part of the text."""
     script = _ids(tokenizer, ":") + _ids(tokenizer, " Winter.\n### Scene")
