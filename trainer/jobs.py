@@ -391,7 +391,7 @@ class JobManager:
             if job.state != "succeeded":
                 job.state = "interrupted"
                 job.error = "The trainer service stopped while this job was running; resume it to continue."
-            await self._save()
+            await self._notify()
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -505,14 +505,11 @@ class JobManager:
         self._cancel_requested = False
         await self._notify()
         metrics = self.root / runs.WORK_DIR / job.run_id / METRICS_NAME
+        # A resumed run appends to its metrics file: only what it writes from now on is news.
+        offset = await asyncio.to_thread(_size_or_zero, metrics) if resume else 0
         try:
-            offset = metrics.stat().st_size if resume else 0
-        except FileNotFoundError:
-            offset = 0
-        log_path = self.store.log_path(job.id)
-        try:
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "ab") as log_file:
+            log_file = await asyncio.to_thread(_open_log, self.store.log_path(job.id))
+            try:
                 process = await asyncio.create_subprocess_exec(
                     *self.command(job, resume=resume),
                     stdin=asyncio.subprocess.DEVNULL,
@@ -521,7 +518,9 @@ class JobManager:
                     start_new_session=True,  # own process group: cancel kills the whole tree
                     env=self.child_env(),
                 )
-        except OSError as exc:
+            finally:
+                log_file.close()  # the child has its own copy of the descriptor
+        except Exception as exc:  # whatever went wrong, the manager must not stay "busy" forever
             job.state = "failed"
             job.error = f"Could not start the trainer: {exc}."
             job.finished_at = _now()
@@ -626,6 +625,18 @@ class JobManager:
         async with self._save_lock:
             jobs = [replace(job) for job in self._jobs.values()]
             await asyncio.to_thread(self.store.save, jobs)
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _open_log(path: Path) -> Any:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")  # handed to the child process; the caller closes its copy
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
