@@ -175,7 +175,6 @@ class SceneCog(commands.Cog, name="Scene"):
         self.bot = bot
         self.store = SceneStore(bot.settings.scene_memory)
         self.cooldowns = Cooldowns(bot.settings.cooldown_seconds)
-        self.edits_sent = 0  # streamed progress edits, for tests and logs
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(SceneButton)
@@ -379,7 +378,6 @@ class SceneCog(commands.Cog, name="Scene"):
             if content != last:
                 try:
                     await interaction.edit_original_response(content=content)
-                    self.edits_sent += 1
                 except discord.HTTPException as exc:
                     log.warning("could not update a scene in progress: %s", exc)
                 last = content
