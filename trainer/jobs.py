@@ -564,7 +564,10 @@ class JobManager:
                     await self._notify(save=save)
                 if done:
                     break
-            self._finish(job, process.returncode)
+            failed_line = None
+            if process.returncode and process.returncode > 0:  # the trainer's last words say why
+                failed_line = await asyncio.to_thread(self._last_log_line, job)
+            self._finish(job, process.returncode, failed_line)
         finally:
             if not wait.done():
                 wait.cancel()
@@ -573,7 +576,7 @@ class JobManager:
             job.pid = None
             await self._notify()
 
-    def _finish(self, job: Job, code: int | None) -> None:
+    def _finish(self, job: Job, code: int | None, failed_line: str | None = None) -> None:
         job.exit_code = code
         job.finished_at = _now()
         if self._cancel_requested:
@@ -589,7 +592,7 @@ class JobManager:
                          f"{' (out of memory?)' if -code == signal.SIGKILL else ''}; resume it to continue.")
         else:
             job.state = "failed"
-            job.error = job.error or self._last_log_line(job) or f"The trainer exited with status {code}."
+            job.error = job.error or failed_line or f"The trainer exited with status {code}."
         log.info("job %s %s (exit %s)", job.id, job.state, code)
 
     def _last_log_line(self, job: Job) -> str | None:
