@@ -266,7 +266,10 @@ def make_trainer_client(settings: Any) -> TrainerClient:
     """The service client when ``settings.trainer_url`` is set, else the local subprocess runner."""
     url = getattr(settings, "trainer_url", None)
     if url:
-        return ServiceTrainerClient(str(url), getattr(settings, "trainer_token", None))
+        token = getattr(settings, "trainer_token", None)
+        if token is not None and hasattr(token, "get"):
+            token = token.get()  # a settings Secret
+        return ServiceTrainerClient(str(url), token or None)
     return LocalTrainerClient(Path(settings.checkpoint_dir))
 
 
