@@ -217,10 +217,18 @@ def connection_error(exc: BaseException) -> BaseException:
     import aiohttp
     import discord
 
-    if isinstance(exc, discord.LoginFailure):
+    # A bad token fails at REST login (401) or, rarely, at the gateway's IDENTIFY (close code 4004).
+    if isinstance(exc, discord.LoginFailure) or (
+        isinstance(exc, discord.ConnectionClosed) and exc.code == 4004
+    ):
         return UserError(
             "Discord rejected the token; check DISCORD_TOKEN (Developer Portal → your app → Bot → "
             "Reset Token) and try again."
+        )
+    if isinstance(exc, discord.ConnectionClosed):
+        return UserError(
+            f"Discord closed the gateway connection (code {exc.code}); check the bot's settings in "
+            "the Developer Portal and try again later."
         )
     if isinstance(exc, discord.PrivilegedIntentsRequired):
         return UserError(

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.__main__ import NO_MODEL_HINT, run_bot, serve
+from bot.__main__ import NO_MODEL_HINT, connection_error, run_bot, serve
 from bot.__main__ import main as bot_main
 from bot.client import MaesterBot
 from bot.formatting import CONTENT_LIMIT, DESCRIPTION_LIMIT, EMBED_TOTAL_LIMIT
@@ -522,6 +522,20 @@ async def test_a_rejected_token_is_one_clear_sentence(
             await serve(MaesterBot(settings, None), wrong)
     assert str(caught.value).startswith("Discord rejected the token; check DISCORD_TOKEN")
     assert wrong not in caplog.text and wrong not in str(caught.value)
+
+
+def test_gateway_close_codes_become_sentences() -> None:
+    import discord
+
+    class ClosedSocket:
+        close_code = None
+
+    rejected = connection_error(discord.ConnectionClosed(ClosedSocket(), shard_id=None, code=4004))
+    assert isinstance(rejected, UserError) and str(rejected).startswith("Discord rejected the token")
+    other = connection_error(discord.ConnectionClosed(ClosedSocket(), shard_id=None, code=4011))
+    assert str(other).startswith("Discord closed the gateway connection (code 4011)")
+    surprise = RuntimeError("a bug")
+    assert connection_error(surprise) is surprise  # not a user error: left to show its traceback
 
 
 async def test_discord_unreachable_is_one_clear_sentence(
