@@ -693,9 +693,9 @@ def documented_compose_runs() -> list[tuple[str, list[str]]]:
         if line.startswith("```"):
             in_code = not in_code
             continue
-        words = shlex.split(line, comments=True) if in_code else []
-        if words[:3] != ["docker", "compose", "run"]:
+        if not (in_code and line.startswith("docker compose run ")):
             continue
+        words = shlex.split(line, comments=True)
         rest, overridden = words[3:], False
         while rest[0].startswith("-"):
             option = rest.pop(0)
