@@ -308,7 +308,7 @@ async def test_timeout(tokenizer) -> None:
         result = await engine.submit("Jon Snow:", _greedy(400)).result()
     finally:
         await engine.stop()
-    assert result.finish_reason == "timeout" and 0 < result.new_tokens < 400
+    assert result.finish_reason == "timeout" and result.new_tokens < 400
 
 
 async def test_cancel_running_and_queued(tokenizer) -> None:
