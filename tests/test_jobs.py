@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer import runs
-from trainer.jobs import BadJobParams, Job, JobConflict, JobManager, JobParams, JobStore, MetricsTail
+from trainer.jobs import BadJobParams, Job, JobManager, JobParams, JobStore, MetricsTail
 
 _SPEAKERS = ("Jon Snow", "Tyrion Lannister", "Arya Stark", "Cersei Lannister")
 _LINES = ("Winter is coming.", "I drink and I know things.", "A girl has no name.", "The north remembers.",
@@ -143,29 +142,6 @@ def test_a_job_left_running_is_interrupted_on_the_next_start(tmp_path: Path) -> 
 # --- the real trainer ------------------------------------------------------------------------------
 
 
-async def test_a_job_trains_reports_progress_and_publishes(tmp_path: Path) -> None:
-    """A tiny job runs the real trainer; progress arrives step by step and the run is published."""
-    corpus = write_tiny_corpus(tmp_path / "corpus.csv")
-    manager = tiny_manager(tmp_path / "ck")
-    await manager.open()
-    params = JobParams(steps=12, init="scratch", corpus=(str(corpus),))
-    job = await manager.start(params, requested_by="tester")
-    seen_steps = []
-    async for update in manager.watch(job.id):
-        seen_steps.append(update.step)
-    final = manager.get(job.id)
-    assert final.state == "succeeded", manager.log_path(job.id).read_text(encoding="utf-8")
-    assert final.step == final.total_steps == 12
-    assert len(set(seen_steps)) > 2, "progress should arrive in several updates"
-    assert final.loss is not None and final.tokens_per_s and final.val_ppl_after and final.val_ppl_before
-    assert final.published_run_id == final.run_id == runs.current_run_id(tmp_path / "ck")
-    assert runs.load_run(tmp_path / "ck", final.run_id).manifest.steps == 12
-    assert manager.log_path(job.id).is_file()
-    with pytest.raises(JobConflict, match="already finished"):
-        await manager.cancel(job.id)
-    await manager.close()
-
-
 async def test_a_killed_trainer_is_interrupted_and_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     """SIGKILL mid-run (as the OOM killer would) leaves the job interrupted; resume finishes it."""
     corpus = write_tiny_corpus(tmp_path / "corpus.csv")
@@ -189,24 +165,6 @@ async def test_a_killed_trainer_is_interrupted_and_resumes_from_its_checkpoint(t
     metrics = (tmp_path / "ck" / "work" / job.run_id / "metrics.jsonl").read_text(encoding="utf-8")
     starts = [json.loads(line) for line in metrics.splitlines() if '"start"' in line]
     assert starts[-1]["resumed_from"] is not None and starts[-1]["resumed_from"] >= 10
-    await manager.close()
-
-
-async def test_cancel_stops_the_trainer_and_a_second_job_is_refused_while_busy(tmp_path: Path) -> None:
-    """One job at a time; cancel ends the running one (SIGTERM to its group) as cancelled."""
-    corpus = write_tiny_corpus(tmp_path / "corpus.csv")
-    manager = tiny_manager(tmp_path / "ck")
-    await manager.open()
-    job = await manager.start(JobParams(steps=100_000, init="scratch", corpus=(str(corpus),)))
-    with pytest.raises(JobConflict, match="already running"):
-        await manager.start(JobParams(steps=5, init="scratch", corpus=(str(corpus),)))
-    await wait_for(manager, job.id, lambda j: j.step >= 1)
-    cancelled = await manager.cancel(job.id)
-    assert cancelled.state == "cancelled" and cancelled.step < 100_000
-    assert manager.active() is None
-    assert job.pid is not None
-    with pytest.raises(ProcessLookupError):  # the trainer's whole process group is gone
-        os.killpg(job.pid, 0)
     await manager.close()
 
 

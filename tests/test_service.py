@@ -143,6 +143,9 @@ async def test_one_job_at_a_time_and_cancel(
         assert ": keepalive" in lines and "event: job" in lines
         cancelled = await client.cancel(job.id)
         assert cancelled.state == "cancelled" and 1 <= cancelled.step < 100_000
+        assert job.pid is not None
+        with pytest.raises(ProcessLookupError):  # SIGTERM went to the trainer's whole process group
+            os.killpg(job.pid, 0)
         rest = (await stream.content.read()).decode()
         assert '"state": "cancelled"' in rest and rest.endswith("event: end\ndata: {}\n\n")
         response = await service.post(f"/jobs/{job.id}/cancel", headers=AUTH)
@@ -165,6 +168,8 @@ async def test_the_local_runner_behaves_like_the_service(tmp_path: Path) -> None
         updates = [update async for update in client.follow(job.id)]
         assert updates[-1].state == "succeeded" and updates[-1].step == 12
         assert updates[-1].published_run_id == runs.current_run_id(tmp_path / "ck")
+        assert runs.load_run(tmp_path / "ck", job.run_id).manifest.steps == 12
+        assert client.manager.log_path(job.id).is_file()  # the trainer's output is kept per job
         assert [j.id for j in await client.history()] == [job.id]
         with pytest.raises(TrainerError) as missing:
             await client.get("nope")
