@@ -295,6 +295,26 @@ async def test_regenerate_and_continue_buttons(tmp_path: Path, fake_discord: Fak
         assert continued["footer"]["text"].endswith("· continued")
 
 
+async def test_a_scene_outliving_its_token_is_posted_in_the_channel(
+    tmp_path: Path, fake_discord: FakeDiscord
+) -> None:
+    """Interaction tokens last 15 minutes; a scene finished after that still reaches its channel."""
+    fake = fake_discord
+    async with running_bot(tmp_path, fake, max_batch_size=1, engine_options={"max_batch_size": 1}) as bot:
+        users = [fake.make_user(f"patient{i}") for i in range(3)]
+        invoked = [
+            await fake.invoke("scene", {"characters": "Arya Stark", "length": "long"}, user=u) for u in users
+        ]
+        await asyncio.gather(*(i.wait_acked() for i in invoked))
+        fake.advance(15 * 60 + 1)  # every token is now past its lifetime
+        await fake.wait_for(lambda: bot.engine.stats().completed >= 3, timeout=SCENE_TIMEOUT)
+        await fake.wait_for(lambda: sum(bool(m.embeds) for m in fake.channel_messages()) >= 3, timeout=10)
+        posted = [m for m in fake.channel_messages() if m.embeds and m.webhook_id is None]
+        assert {m.content.split(":")[0] for m in posted} == {f"<@{u.id}>" for u in users}
+        assert all(m.custom_ids() for m in posted)  # with working buttons
+        await wait_for(lambda: bot.metrics.requests["ok"] == 3)
+
+
 async def test_a_forgotten_scene_says_it_expired(tmp_path: Path, fake_discord: FakeDiscord) -> None:
     fake = fake_discord
     async with running_bot(tmp_path, fake, scene_memory=1):

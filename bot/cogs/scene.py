@@ -364,8 +364,9 @@ class SceneCog(commands.Cog, name="Scene"):
         body = _scene_body(request, prefix, result.text)
         record = SceneRecord(request=replace(request, seed=result.seed), body=body, run_id=result.run_id)
         scene_id = self.store.add(record)
-        await self._send_final(interaction, record, scene_id, title, seconds)
+        # Counted once written, before the (network) delivery, so /metrics never lags what users see.
         self.bot.metrics.record("ok", seconds=seconds, tokens=int(result.new_tokens))
+        await self._send_final(interaction, record, scene_id, title, seconds)
 
     async def _render_progress(
         self, interaction: discord.Interaction, handle: Any, title: str, prefix: str, progress: _Progress
@@ -379,6 +380,8 @@ class SceneCog(commands.Cog, name="Scene"):
                 try:
                     await interaction.edit_original_response(content=content)
                 except discord.HTTPException as exc:
+                    if token_gone(exc):
+                        return  # the finished scene goes to the channel instead
                     log.warning("could not update a scene in progress: %s", exc)
                 last = content
             with contextlib.suppress(TimeoutError):
@@ -427,9 +430,7 @@ class SceneCog(commands.Cog, name="Scene"):
             else f"{message}\n\n{tail_lines(partial, CONTENT_LIMIT - len(message) - 10)}"
         )
         try:
-            await interaction.edit_original_response(
-                content=truncate(content, CONTENT_LIMIT), embed=None, view=None
-            )
+            await self._deliver(interaction, [_Part(content=truncate(content, CONTENT_LIMIT - 30))])
         except discord.HTTPException as exc:
             log.warning("could not report a failed scene: %s", exc)
 
@@ -458,18 +459,70 @@ class SceneCog(commands.Cog, name="Scene"):
             if index == len(parts) - 1:
                 embed.set_footer(text=footer)
             embeds.append(embed)
-        only_one = len(embeds) == 1
-        await interaction.edit_original_response(
-            content=None, embed=embeds[0], view=view if only_one else None
-        )
-        for index, embed in enumerate(embeds[1:], start=1):
-            last = index == len(embeds) - 1
-            kwargs: dict[str, Any] = {"embed": embed}
-            if last:
-                kwargs["view"] = view
-                if attachment is not None:
-                    kwargs["file"] = attachment
-            await interaction.followup.send(**kwargs)
+        parts_out = [_Part(embed) for embed in embeds]
+        parts_out[-1].view = view
+        parts_out[-1].file = attachment
+        await self._deliver(interaction, parts_out)
+
+    async def _deliver(self, interaction: discord.Interaction, parts: list[_Part]) -> None:
+        """The first part replaces the reply, the rest follow it; through the channel once the token is gone.
+
+        An interaction token lives 15 minutes: a scene that waited and generated longer than that can no
+        longer be delivered through it, so it is posted as a plain channel message instead.
+        """
+        via_channel = interaction.is_expired()
+        for index, part in enumerate(parts):
+            if not via_channel:
+                try:
+                    if index == 0:
+                        await interaction.edit_original_response(
+                            content=part.content,
+                            embed=part.embed,
+                            view=part.view,
+                            attachments=[part.file] if part.file else discord.utils.MISSING,
+                        )
+                    else:
+                        await interaction.followup.send(**part.send_kwargs())
+                    continue
+                except discord.HTTPException as exc:
+                    if not token_gone(exc):
+                        raise
+                    via_channel = True
+                    log.info("the interaction token expired; posting the rest in the channel")
+            if part.file is not None:
+                part.file.reset()
+            kwargs = part.send_kwargs()
+            if index == 0:  # say who it is for; AllowedMentions.none() keeps it from pinging
+                kwargs["content"] = f"{interaction.user.mention}: {part.content or 'your scene'}"
+            channel = interaction.channel
+            if channel is None or not hasattr(channel, "send"):
+                log.warning("a scene outlived its interaction and has no channel to go to; dropped")
+                return
+            await channel.send(**kwargs)
+
+
+@dataclass
+class _Part:
+    """One message of a reply."""
+
+    embed: discord.Embed | None = None
+    content: str | None = None
+    view: discord.ui.View | None = None
+    file: discord.File | None = None
+
+    def send_kwargs(self) -> dict[str, Any]:
+        """Arguments for a follow-up or channel message."""
+        kwargs: dict[str, Any] = {}
+        for name in ("embed", "content", "view", "file"):
+            value = getattr(self, name)
+            if value is not None:
+                kwargs[name] = value
+        return kwargs
+
+
+def token_gone(exc: discord.HTTPException) -> bool:
+    """Whether Discord refused a call because the interaction's token expired (or never was)."""
+    return exc.status == 401 or exc.code in (50027, 10015)  # Invalid Webhook Token, Unknown Webhook
 
 
 class _Progress:
