@@ -224,6 +224,7 @@ class AdminCog(commands.Cog, name="Admin"):
     @retrain.command(name="status")
     async def retrain_status(self, interaction: discord.Interaction) -> None:
         """Show the latest retraining job."""
+        await interaction.response.defer(ephemeral=True, thinking=True)  # the trainer may be slow to answer
         try:
             job = await latest_job(self.trainer)
         except TrainerError as exc:
