@@ -64,9 +64,11 @@ class TrainConfig:
     warmup_steps: int = 50  # ~5% of the run: enough to settle AdamW's moments
     weight_decay: float = 0.01  # light: fine-tuning should not drag pretrained weights towards zero
     grad_clip: float = 1.0  # 0 disables
-    eval_every: int = 100
+    # Each epoch of the scripts is ~60 steps at 8k tokens a step: evaluating every 50 steps and stopping
+    # after 3 evaluations without improvement ends an overfitting run ~150 steps past its best.
+    eval_every: int = 50
     eval_batches: int = 50  # caps each evaluation at 50 batches (0 = the whole validation set)
-    patience: int = 5  # evaluations without improvement before stopping (0 = never stop early)
+    patience: int = 3  # evaluations without improvement before stopping (0 = never stop early)
     sample_every: int = 250
     sample_tokens: int = 200
     checkpoint_every: int = 100
