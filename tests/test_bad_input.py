@@ -188,6 +188,7 @@ def check_prompt(prompt: str) -> None:
     for line in lines:
         if line.startswith("Setting: "):
             assert len(line) <= len("Setting: ") + SETTING_LIMIT
+    # Header and field names, three names of at most 40 characters, the two bounded free-text fields.
     assert len(prompt) <= 40 + 3 * 40 + SETTING_LIMIT + OPENING_LIMIT + 60
 
 
