@@ -1,5 +1,6 @@
 """``python -m trainer train`` from the command line: help, setting errors, a whole run, the block cache."""
 
+import math
 import os
 import subprocess
 import sys
@@ -128,3 +129,15 @@ def test_sigkilled_run_resumes_with_resume_alone(tmp_path):
     assert {e["step"] for e in events if e["event"] == "step"} == set(range(10, 61, 10))  # --log-every 10
     assert events[-1]["event"] == "done" and events[-1]["status"] == "completed"
     assert runs.current_run(root).manifest.steps == 60
+
+
+def test_summary_line_tells_how_the_run_ended_and_what_to_try_next():
+    from trainer.train import TrainResult, summary_line
+
+    result = TrainResult(
+        "r1", "early_stopped", 250, math.log(8000.0), math.log(200.0), 200, 100, Path("runs/r1")
+    )
+    line = summary_line(result)
+    assert line.startswith("run r1 stopped early at step 250")
+    assert "8000.0 -> 200.0" in line and "best at step 200" in line
+    assert "python -m bot console" in line

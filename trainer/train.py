@@ -82,7 +82,25 @@ def run(args: Any) -> int:
 
     corpus = prepare_corpus(list(config.corpus), config.val_fraction)
     result = train(config, corpus)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, not one per process
+        print(summary_line(result), flush=True)
     return 0 if result.status in ("completed", "early_stopped") else 1
+
+
+def summary_line(result: TrainResult) -> str:
+    """One line telling the user how the run ended and what to do next."""
+    from trainer.metrics import perplexity
+
+    ppl_before = perplexity(result.val_loss_before) if result.val_loss_before is not None else None
+    ppl_after = perplexity(result.best_val_loss) if result.best_val_loss is not None else None
+    ppl = f"validation perplexity {ppl_before:.1f} -> {ppl_after:.1f}" if ppl_before and ppl_after else ""
+    ended = "stopped early" if result.status == "early_stopped" else result.status
+    line = f"run {result.run_id} {ended} at step {result.step}"
+    if ppl:
+        line += f", {ppl} (best at step {result.best_step})"
+    if result.published is not None:
+        line += f"; published to {result.published}. Try it: python -m bot console"
+    return line + "."
 
 
 def latest_unfinished_run(checkpoint_dir: Path) -> str:
