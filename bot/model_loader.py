@@ -87,6 +87,7 @@ def load_run_model(run: RunInfo, device: str = "cpu", quantize: str = "none") ->
 def load_model_weights(path: Path, label: str) -> Any:
     """A causal LM from a ``save_pretrained`` directory, read from safetensors only."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     for name in _REQUIRED_FILES:
         if not (path / name).is_file():
@@ -96,6 +97,8 @@ def load_model_weights(path: Path, label: str) -> Any:
         raise InvalidRunError(f"run {label} has no safetensors weights in {path}.")
     for weights in weight_files:
         _check_safetensors(weights, label)
+    # The bot and console log their own progress; transformers' loading bar only clutters the terminal.
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, attn_implementation="sdpa")
     except Exception as exc:  # transformers raises many types for a bad checkpoint; all mean the same here
