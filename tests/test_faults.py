@@ -306,8 +306,6 @@ def test_disk_full_while_publishing_keeps_the_served_model(tmp_path: Path, monke
     assert [p.name for p in runs.runs_dir(tmp_path).iterdir()] == ["old"]
 
 
-@pytest.mark.xfail(strict=True, reason="python -m trainer train prints a traceback on OSError (disk full); "
-                   "fix: turn OSError from saving into a UserError naming the path and saying --resume")
 def test_disk_full_is_one_clear_line_from_the_cli(tmp_path: Path, monkeypatch, capsys) -> None:
     """The command line reports a full disk as one ``error:`` line that says how to continue."""
     from trainer.cli import main

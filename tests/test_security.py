@@ -270,9 +270,6 @@ def test_the_bot_loads_model_weights_only_from_safetensors() -> None:
     assert not unsafe, unsafe
 
 
-@pytest.mark.xfail(strict=True, reason="trainer.model.load_pretrained calls from_pretrained without "
-                   "use_safetensors=True, so a --model directory holding only pytorch_model.bin is "
-                   "unpickled (fix: pass use_safetensors=True; Hub gpt2 ships model.safetensors)")
 def test_the_trainer_loads_model_weights_only_from_safetensors() -> None:
     """The trainer's starting model (a Hub name or a local directory) is read from safetensors only."""
     calls = [(p, c) for p, c in _calls("from_pretrained") if "trainer" in p.parts

@@ -84,7 +84,8 @@ def load_pretrained(name_or_path: str) -> LoadedModel:
     source = str(local) if local.exists() else name_or_path
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa")
+        # safetensors only: a pickled .bin checkpoint could run arbitrary code when loaded.
+        model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", use_safetensors=True)
     except (OSError, ValueError) as exc:
         if local.exists():
             raise UserError(

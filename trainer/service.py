@@ -98,6 +98,8 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadJobParams(f"The request body is not valid JSON ({exc}).") from exc
+    except RecursionError as exc:  # json.loads recurses once per nesting level
+        raise BadJobParams("The request body is nested too deeply to be a job request.") from exc
 
 
 def requested_by(request: web.Request) -> str | None:

@@ -81,7 +81,15 @@ def run(args: Any) -> int:
     from trainer.prepare import prepare_corpus
 
     corpus = prepare_corpus(list(config.corpus), config.val_fraction)
-    result = train(config, corpus)
+    try:
+        result = train(config, corpus)
+    except OSError as exc:  # disk full, read-only or vanished folder: the last checkpoint is still whole
+        reason = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename else ""
+        raise UserError(
+            f"could not write the run's files{where}: {reason}; fix that, then continue with "
+            f"`python -m trainer train --resume --run-id {config.run_id}`."
+        ) from exc
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary, not one per process
         print(summary_line(result), flush=True)
     return 0 if result.status in ("completed", "early_stopped") else 1
@@ -258,6 +266,7 @@ def train(
     work = config.checkpoint_dir / "work" / config.run_id
     state_dir = work / "state"
     metrics = MetricsLog(work / "metrics.jsonl" if dist.is_main else None)
+    progress: Progress | None = None
     if not config.progress:
         from transformers.utils import logging as hf_logging
 
@@ -529,6 +538,8 @@ def train(
             config.run_id, status, step, val_before, best_val, best_step, tokens_seen, published
         )
     except BaseException as exc:
+        if progress is not None:  # end the bar's line so the error is printed on a line of its own
+            progress.close()
         message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
         metrics.write("error", message=message)
         metrics.write("done", status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted")
