@@ -303,9 +303,6 @@ async def test_retrain_input_beyond_bounds(
 
 
 @module_loop
-@pytest.mark.xfail(strict=True, reason="with no trainer service (a local trainer subprocess) /retrain start "
-                   "passes forged steps/learning_rate to JobParams unchecked and launches the trainer (fix: "
-                   "JobParams.from_json in AdminCog.retrain_start, answering BadJobParams)")
 async def test_retrain_beyond_bounds_with_the_local_trainer(tmp_path: Path) -> None:
     """Without a trainer service the bot checks the forged values itself: a sentence, and no job."""
     async with FakeDiscord(token="bad-input-token") as fake:

@@ -35,7 +35,7 @@ from bot.client import MaesterBot, send_ephemeral
 from bot.model_loader import load_run_model, smoke_test
 from bot.model_watcher import DEFAULT_POLL_INTERVAL_S, ModelWatcher, WatchResult
 from bot.trainer_client import TrainerClient, TrainerError, latest_job, make_trainer_client
-from trainer.jobs import MAX_STEPS, Job, JobParams
+from trainer.jobs import MAX_STEPS, BadJobParams, Job, JobParams
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("maester.audit")
@@ -206,7 +206,15 @@ class AdminCog(commands.Cog, name="Admin"):
     ) -> None:
         """Start a retraining job and post its progress in this channel."""
         await interaction.response.defer(ephemeral=True, thinking=True)
-        params = JobParams(steps=steps, learning_rate=learning_rate, init=init)
+        # Discord enforces the ranges in its client, but a forged interaction can carry any value; the
+        # local trainer has no service in front of it to check them, so the bot checks them here.
+        options = {"steps": steps, "learning_rate": learning_rate, "init": init}
+        try:
+            params = JobParams.from_json({key: value for key, value in options.items() if value is not None})
+        except BadJobParams as exc:
+            audit(interaction.user, f"/retrain start {options}", f"refused: {exc}")
+            await send_ephemeral(interaction, str(exc))
+            return
         action = f"/retrain start {params.to_json()}"
         try:
             job = await self.trainer.start(params, requested_by=who(interaction.user))
