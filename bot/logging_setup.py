@@ -7,10 +7,14 @@ exception message that does (for example an HTTP error echoing a header).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 REDACTED = "[REDACTED]"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Interaction tokens travel in webhook and callback URLs, which discord.py logs at DEBUG; each is a
+# credential for 15 minutes, so the path segment after the id is masked too.
+_URL_TOKEN = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]{20,}")
 
 
 class RedactingFilter(logging.Filter):
@@ -22,15 +26,13 @@ class RedactingFilter(logging.Filter):
         self.secrets = sorted({s for s in secrets if s and len(s) >= 8}, key=len, reverse=True)
 
     def redact(self, text: str) -> str:
-        """``text`` with every secret replaced."""
+        """``text`` with every secret, and every interaction token in a URL, replaced."""
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return text
+        return _URL_TOKEN.sub(rf"\1{REDACTED}", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
         redacted = self.redact(message)
         if redacted != message:

@@ -167,3 +167,15 @@ def test_env_example_lists_every_setting_the_code_reads() -> None:
     source = (REPO / "bot" / "settings.py").read_text()
     read = set(re.findall(r'"((?:MAESTER_|DISCORD_)[A-Z_]+)"', source))
     assert read - documented == set(), "settings missing from .env.example"
+
+
+def test_interaction_tokens_in_logged_urls_are_redacted():
+    """discord.py's DEBUG lines carry webhook URLs; the token segment is masked, the route kept."""
+    from bot.logging_setup import REDACTED, RedactingFilter
+
+    line = "PATCH https://discord.com/api/v10/webhooks/1234/aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDpzZWNyZXQ/messages/@original"
+    redacted = RedactingFilter([]).redact(line)
+    assert "aW50ZXJhY3Rpb24" not in redacted
+    assert redacted.endswith(f"/webhooks/1234/{REDACTED}/messages/@original")
+    callback = "POST /api/v10/interactions/99/itoken-abcdefghijklmnopqrstuvwxyz/callback"
+    assert "itoken-abc" not in RedactingFilter([]).redact(callback)
