@@ -136,7 +136,8 @@ async def test_admin_retrains_sees_progress_and_the_new_run_is_served(
     admin = fake_discord.make_user("ned", admin=True)
     async with running_bot(tmp_path, fake_discord, admin_user_ids=frozenset({int(admin.id)}),
                            trainer_url=trainer_url, trainer_token=TOKEN) as bot:
-        inter = await fake_discord.invoke("retrain start", {"steps": 60, "learning_rate": 0.001}, user=admin)
+        # Enough steps that the job is seen mid-run even on a fast, idle machine (a tiny step is ~5 ms).
+        inter = await fake_discord.invoke("retrain start", {"steps": 400, "learning_rate": 0.001}, user=admin)
         await inter.wait_done(timeout=20)
         assert "Started job" in _reply(inter)
         summary = await _channel_message(fake_discord, "Retraining done", timeout=90)
@@ -144,7 +145,7 @@ async def test_admin_retrains_sees_progress_and_the_new_run_is_served(
         assert progress.id != summary.id
         shown = [snap.content for snap in progress.history]
         assert any("step" in text and "tokens/s" in text and "ETA" in text for text in shown[1:-1]), shown
-        assert "Retraining finished" in progress.content and "step 60/60" in progress.content
+        assert "Retraining finished" in progress.content and "step 400/400" in progress.content
         assert "█" * admin_cog.BAR_WIDTH in progress.content
         new_run = runs.current_run_id(checkpoint_dir_for(tmp_path))
         assert new_run != "tiny-run" and f"`{new_run}`" in summary.content
