@@ -18,6 +18,7 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_ROOT_USER_ACTION=ignore \
     HF_HOME=/cache/huggingface \
     MAESTER_CHECKPOINT_DIR=/checkpoints \
+    MAESTER_STATE_DIR=/state \
     MAESTER_CORPUS=/opt/maester/data/corpus/Game_of_Thrones_Script_MD.csv \
     MAESTER_HEALTH_HOST=0.0.0.0 \
     MAESTER_HEALTH_PORT=8080
@@ -26,8 +27,8 @@ ENV PYTHONUNBUFFERED=1 \
 # user is readable and writable.
 RUN groupadd --gid 1000 maester \
     && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash maester \
-    && mkdir -p /checkpoints /cache/huggingface \
-    && chown -R 1000:1000 /checkpoints /cache
+    && mkdir -p /checkpoints /cache/huggingface /state \
+    && chown -R 1000:1000 /checkpoints /cache /state
 
 WORKDIR /opt/maester
 
@@ -51,7 +52,7 @@ COPY docker/healthcheck.py docker/
 RUN python -m pip install --no-deps . \
     && rm -rf build ./*.egg-info
 
-VOLUME ["/checkpoints", "/cache/huggingface"]
+VOLUME ["/checkpoints", "/cache/huggingface", "/state"]
 USER 1000:1000
 WORKDIR /home/maester
 EXPOSE 8080

@@ -258,6 +258,7 @@ def test_bot_runs_without_the_trainer_and_reads_checkpoints_only() -> None:
     assert default_services == {"bot"}, "services without a profile must run on machines without a GPU"
     assert all(dep.get("required") is False for dep in bot.get("depends_on", {}).values())
     assert "checkpoints:/checkpoints:ro" in bot["volumes"]
+    assert f"bot-state:{bot['environment']['MAESTER_STATE_DIR']}" in bot["volumes"], "its state needs rw"
     assert bot["environment"]["MAESTER_CHECKPOINT_DIR"] == "/checkpoints"
     assert bot["env_file"] == ".env"
     assert bot["init"] is True and bot["restart"] == "unless-stopped"
