@@ -109,7 +109,7 @@ class MaesterBot(commands.Bot):
 
     async def sync_commands_if_changed(self) -> list[str]:
         """Sync each target whose command payload differs from the last one synced; returns them."""
-        state_path = Path(self.settings.checkpoint_dir) / SYNC_STATE_NAME
+        state_path = Path(self.settings.state_dir or self.settings.checkpoint_dir) / SYNC_STATE_NAME
         state = _read_state(state_path)
         synced = []
         for guild in self.sync_targets():

@@ -61,6 +61,9 @@ class Settings:
 
     discord_token: Secret
     checkpoint_dir: Path
+    # Where the bot keeps its own small state (which commands it last synced). None: the checkpoint
+    # directory. Set it when the checkpoints are mounted read-only, as in docker compose.
+    state_dir: Path | None = None
     guild_ids: tuple[int, ...] = ()  # empty: sync commands globally (can take up to an hour to show)
     admin_user_ids: frozenset[int] = frozenset()
     admin_role_ids: frozenset[int] = frozenset()
@@ -142,6 +145,7 @@ def _parse(env: Mapping[str, str], *, require_token: bool) -> Settings:
     settings = Settings(
         discord_token=Secret(token),
         checkpoint_dir=Path(reader.get("MAESTER_CHECKPOINT_DIR", str, "checkpoints")),
+        state_dir=reader.get("MAESTER_STATE_DIR", Path, None),
         guild_ids=tuple(reader.get("MAESTER_GUILD_IDS", _id_list, ())),
         admin_user_ids=frozenset(reader.get("MAESTER_ADMIN_USER_IDS", _id_list, ())),
         admin_role_ids=frozenset(reader.get("MAESTER_ADMIN_ROLE_IDS", _id_list, ())),

@@ -635,3 +635,17 @@ async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_with_read_only_checkpoints_the_sync_record_lives_in_the_state_dir(
+    tmp_path: Path, fake_discord: FakeDiscord
+) -> None:
+    """docker compose mounts checkpoints read-only: MAESTER_STATE_DIR keeps restarts from re-syncing."""
+    state = tmp_path / "state"
+    checkpoints = checkpoint_dir_for(tmp_path)
+    async with running_bot(tmp_path, fake_discord, state_dir=state):
+        pass
+    async with running_bot(tmp_path, fake_discord, state_dir=state) as bot:  # a restart: no second sync
+        assert fake_discord.sync_count == 1 and bot.last_sync_targets == []
+    assert (state / ".discord-commands.json").is_file()
+    assert not (checkpoints / ".discord-commands.json").exists()
