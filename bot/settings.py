@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from trainer.envargs import is_placeholder
 from trainer.errors import UserError
 
 T = TypeVar("T")
@@ -141,6 +142,12 @@ def _parse(env: Mapping[str, str], *, require_token: bool) -> Settings:
         raise SettingsError("DISCORD_TOKEN is not set; put your bot token in the environment or in .env.")
     if token and (any(c.isspace() for c in token) or token.lower().startswith("bot ")):
         raise SettingsError("DISCORD_TOKEN must be the bare token, without spaces or a 'Bot ' prefix.")
+    if require_token and is_placeholder(token):
+        raise SettingsError("DISCORD_TOKEN still holds the placeholder from .env.example; put your bot's "
+                            "token there (Discord Developer Portal > your application > Bot > Reset Token).")
+    if is_placeholder(reader.get("MAESTER_TRAINER_TOKEN", str, "")):
+        raise SettingsError("MAESTER_TRAINER_TOKEN still holds the placeholder from .env.example; set it to "
+                            "the same long random string as the trainer service's.")
     positive_float = _bounded(float, low=0.0, low_open=True)
     settings = Settings(
         discord_token=Secret(token),

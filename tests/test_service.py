@@ -275,3 +275,13 @@ async def test_a_job_cut_off_by_a_service_restart_is_interrupted_and_resumes(tmp
                 os.killpg(trainer_pid, signal.SIGKILL)
         service.terminate()
         service.wait(timeout=30)
+
+
+def test_serve_refuses_the_placeholder_token(tmp_path, monkeypatch, capsys) -> None:
+    """`serve` with .env.example's placeholder token stops with one sentence instead of serving."""
+    from trainer.cli import main
+
+    monkeypatch.setenv("MAESTER_TRAINER_TOKEN", "replace-me-with-a-long-random-string")
+    status = main(["serve", "--checkpoint-dir", str(tmp_path), "--port", "1"])
+    assert status == 2
+    assert "MAESTER_TRAINER_TOKEN still holds the placeholder" in capsys.readouterr().err

@@ -179,3 +179,18 @@ def test_interaction_tokens_in_logged_urls_are_redacted():
     assert redacted.endswith(f"/webhooks/1234/{REDACTED}/messages/@original")
     callback = "POST /api/v10/interactions/99/itoken-abcdefghijklmnopqrstuvwxyz/callback"
     assert "itoken-abc" not in RedactingFilter([]).redact(callback)
+
+
+def test_placeholders_copied_from_env_example_are_refused():
+    """A copied but unfilled .env stops start-up with a sentence naming the variable."""
+    import pytest
+
+    from bot.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="DISCORD_TOKEN still holds the placeholder"):
+        Settings.from_env({"DISCORD_TOKEN": "replace-me-with-your-discord-bot-token"}, dotenv=None)
+    with pytest.raises(SettingsError, match="MAESTER_TRAINER_TOKEN still holds the placeholder"):
+        Settings.from_env(
+            {"DISCORD_TOKEN": "a" * 40, "MAESTER_TRAINER_TOKEN": "replace-me-with-a-long-random-string"},
+            dotenv=None,
+        )

@@ -65,3 +65,12 @@ def parse_bool(raw: str, what: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise SystemExit(f"error: {what}={raw!r} is not a yes/no value (use 1/0, true/false, yes/no, on/off).")
+
+
+# .env.example's secrets start with this, so a copied but unfilled .env is caught at start-up.
+PLACEHOLDER_PREFIX = "replace-me"
+
+
+def is_placeholder(secret: str) -> bool:
+    """Whether ``secret`` is still .env.example's placeholder rather than a real value."""
+    return secret.strip().lower().startswith(PLACEHOLDER_PREFIX)

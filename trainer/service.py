@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from trainer.envargs import env_flag
+from trainer.envargs import env_flag, is_placeholder
 from trainer.errors import UserError
 from trainer.jobs import BadJobParams, JobError, JobManager, JobParams
 
@@ -246,6 +246,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     """Serve until interrupted."""
     token = os.environ.get(TOKEN_ENV, "").strip() or None
+    if token and is_placeholder(token):
+        raise UserError(
+            f"{TOKEN_ENV} still holds the placeholder from .env.example; set it to a long random string, "
+            'e.g. the output of: python3 -c "import secrets; print(secrets.token_hex(32))"'
+        )
     if args.port <= 0 or args.port > 65535:
         raise UserError(f"--port must be between 1 and 65535, not {args.port}.")
     if args.cancel_grace < 0:
