@@ -141,3 +141,19 @@ def test_summary_line_tells_how_the_run_ended_and_what_to_try_next():
     assert line.startswith("run r1 stopped early at step 250")
     assert "8000.0 -> 200.0" in line and "best at step 200" in line
     assert "python -m bot console" in line
+
+
+def test_an_unwritable_checkpoint_dir_is_one_sentence_saying_how_to_fix_it(tmp_path, monkeypatch, capsys):
+    """A host folder Docker created as root: one ``error:`` line naming the fix, no traceback."""
+    from trainer import train as train_module
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ck" / "work"))
+
+    monkeypatch.setattr(train_module, "train", refuse)
+    corpus = write_tiny_csv(tmp_path / "corpus.csv")
+    status = main(["train", "--corpus", str(corpus), "--checkpoint-dir", str(tmp_path / "ck"),
+                   "--init", "scratch"])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err
+    assert "Permission denied" in err and "chown" in err

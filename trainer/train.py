@@ -86,6 +86,11 @@ def run(args: Any) -> int:
     except OSError as exc:  # disk full, read-only or vanished folder: the last checkpoint is still whole
         reason = exc.strerror or str(exc)
         where = f" ({exc.filename})" if exc.filename else ""
+        if isinstance(exc, PermissionError):
+            raise UserError(
+                f"could not write the run's files{where}: {reason}; make {config.checkpoint_dir} writable "
+                "by this user (the Docker images run as uid 1000: sudo chown -R 1000:1000 the host folder)."
+            ) from exc
         raise UserError(
             f"could not write the run's files{where}: {reason}; fix that, then continue with "
             f"`python -m trainer train --resume --run-id {config.run_id}`."
