@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from tests.bot_harness import running_bot  # noqa: E402
+from tests.bot_harness import LoopLagMonitor, running_bot  # noqa: E402
 from tests.fakediscord import FakeDiscord, Interaction  # noqa: E402
 from tests.tiny import TINY_SPEAKERS  # noqa: E402
 
@@ -102,30 +102,6 @@ class _Capture(logging.Handler):
         self.lines.append(self.format(record))
         if record.levelno >= logging.ERROR and not record.name.startswith("fakediscord"):
             self.errors += 1
-
-
-class _LagSampler:
-    """How late a 10 ms tick fires on the running loop: every sample is kept, for percentiles."""
-
-    def __init__(self, interval: float = 0.01) -> None:
-        self.interval = interval
-        self.samples: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            expected = loop.time() + self.interval
-            await asyncio.sleep(self.interval)
-            self.samples.append(max(0.0, loop.time() - expected))
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -209,7 +185,7 @@ async def run_load(args: argparse.Namespace, workdir: Path) -> LoadFigures:
     outcomes: Counter[str] = Counter()
     latencies: list[float] = []
     acks: list[float] = []
-    lag = _LagSampler()
+    lag = LoopLagMonitor()
     started = time.perf_counter()
     try:
         async with FakeDiscord(token=LOAD_TOKEN) as fake, running_bot(

@@ -222,28 +222,48 @@ async def _wait_until(predicate: Any, timeout: float) -> None:
 
 
 class LoopLagMonitor:
-    """Measures how late a periodic tick on the event loop fires: the loop's worst blocking stretch."""
+    """Measures how late a periodic tick on the event loop fires: the loop's worst blocking stretch.
+
+    Every sample is kept, so load runs can report percentiles; tests read ``max_lag`` and ``ticks``.
+    """
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
-        self.max_lag = 0.0
-        self.ticks = 0
+        self.samples: list[float] = []
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def max_lag(self) -> float:
+        """The latest a tick has fired, in seconds."""
+        return max(self.samples, default=0.0)
+
+    @property
+    def ticks(self) -> int:
+        """How many ticks have fired."""
+        return len(self.samples)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             expected = loop.time() + self.interval
             await asyncio.sleep(self.interval)
-            self.max_lag = max(self.max_lag, loop.time() - expected)
-            self.ticks += 1
+            self.samples.append(max(0.0, loop.time() - expected))
 
-    async def __aenter__(self) -> LoopLagMonitor:
+    def start(self) -> None:
+        """Start ticking on the running loop."""
         self._task = asyncio.create_task(self._run())
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def stop(self) -> None:
+        """Stop ticking (idempotent)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None
+
+    async def __aenter__(self) -> LoopLagMonitor:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
