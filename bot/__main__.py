@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import UserError
+from trainer.errors import UserError, run_reporting_user_errors
 
 log = logging.getLogger("bot")
 
@@ -89,14 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.func = _cmd_console
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_user_errors(args.func, args)
 
 
 def _cmd_console(args: argparse.Namespace) -> int:

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from collections.abc import Sequence
 
-from trainer.errors import UserError
+from trainer.errors import run_reporting_user_errors
 
 # Modules providing subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -41,11 +40,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_reporting_user_errors(args.func, args)
