@@ -242,16 +242,17 @@ async def test_a_job_cut_off_by_a_service_restart_is_interrupted_and_resumes(tmp
     trainer_pid = None
     try:
         await _wait_healthy(url, service)
-        job = await client.start(JobParams(steps=150, init="scratch", corpus=(corpus,)))
+        job = await client.start(JobParams(steps=400, init="scratch", corpus=(corpus,)))
         async for update in client.follow(job.id):
-            if (update.last_checkpoint_step or 0) >= 10:
+            if (update.last_checkpoint_step or 0) >= 10 and update.pid:
+                # Freeze the trainer at once (a tiny job on an idle machine is over in seconds), so it
+                # is certainly still there when the new service starts.
+                trainer_pid = update.pid
+                os.killpg(trainer_pid, signal.SIGSTOP)
                 break
         running = await client.get(job.id)
-        assert running.state == "running" and running.pid
-        trainer_pid = running.pid
-        # Freeze the trainer so it is certainly still there when the new service starts, then kill the
-        # service the hard way: it gets no chance to record anything.
-        os.killpg(trainer_pid, signal.SIGSTOP)
+        assert running.state == "running" and running.pid == trainer_pid
+        # Kill the service the hard way: it gets no chance to record anything.
         service.kill()
         service.wait(timeout=30)
         await client.close()
@@ -267,7 +268,7 @@ async def test_a_job_cut_off_by_a_service_restart_is_interrupted_and_resumes(tmp
         assert resumed.state == "running" and resumed.attempts == 2
         final = [u async for u in client.follow(job.id)][-1]
         assert final.state == "succeeded", final.error
-        assert final.step == 150 and runs.current_run_id(root) == job.run_id
+        assert final.step == 400 and runs.current_run_id(root) == job.run_id
     finally:
         await client.close()
         if trainer_pid is not None:
