@@ -83,6 +83,8 @@ class Settings:
     request_timeout: float = 120.0  # seconds a single generation may take
     # Discord presentation.
     stream_edit_interval: float = 1.0  # seconds between streamed edits (Discord allows ~5 edits / 5 s)
+    progress_edit_interval: float = 5.0  # seconds between /retrain progress edits; a retrain takes minutes
+    model_poll_interval: float = 5.0  # seconds between checks of CURRENT for a newly published run
     scene_memory: int = 500  # scenes remembered for Regenerate/Continue buttons
     shutdown_grace: float = 20.0  # seconds in-flight scenes get to finish on shutdown
     guild_ready_timeout: float = 2.0  # discord.py's wait for guilds before on_ready
@@ -169,6 +171,10 @@ def _parse(env: Mapping[str, str], *, require_token: bool) -> Settings:
         max_batch_size=reader.get("MAESTER_MAX_BATCH_SIZE", _bounded(int, 1, 256), 8),
         request_timeout=reader.get("MAESTER_REQUEST_TIMEOUT", positive_float, 120.0),
         stream_edit_interval=reader.get("MAESTER_STREAM_EDIT_INTERVAL", _bounded(float, 0.05, 60.0), 1.0),
+        progress_edit_interval=reader.get(
+            "MAESTER_PROGRESS_EDIT_INTERVAL", _bounded(float, 0.05, 600.0), 5.0
+        ),
+        model_poll_interval=reader.get("MAESTER_MODEL_POLL_INTERVAL", _bounded(float, 0.05, 3600.0), 5.0),
         scene_memory=reader.get("MAESTER_SCENE_MEMORY", _bounded(int, 1, 100_000), 500),
         shutdown_grace=reader.get("MAESTER_SHUTDOWN_GRACE", _bounded(float, 0.0, 600.0), 20.0),
         guild_ready_timeout=reader.get("MAESTER_GUILD_READY_TIMEOUT", _bounded(float, 0.0, 60.0), 2.0),

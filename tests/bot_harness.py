@@ -50,6 +50,8 @@ TRAIN_STEPS = 100  # a few seconds on one CPU thread; enough for the model to le
 TEST_DEFAULTS: dict[str, Any] = {
     "cooldown_seconds": 0.0,
     "stream_edit_interval": 0.05,  # many edits in a short generation, so throttling is observable
+    "progress_edit_interval": 0.05,  # likewise for /retrain progress in a few-second tiny job
+    "model_poll_interval": 0.2,  # notice a newly published run quickly
     "guild_ready_timeout": 0.05,
     "health_host": "127.0.0.1",
     "health_port": 0,

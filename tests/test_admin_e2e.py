@@ -42,12 +42,6 @@ async def trainer_url(tmp_path: Path) -> AsyncIterator[str]:
     await runner.cleanup()
 
 
-@pytest.fixture(autouse=True)
-def fast_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Edit the progress message often, so throttled edits are seen within a short test."""
-    monkeypatch.setattr(admin_cog, "PROGRESS_EDIT_INTERVAL_S", 0.05)
-
-
 def _messages_containing(fake: FakeDiscord, text: str) -> list[Message]:
     return [m for m in fake.channel_messages() if text in m.content]
 

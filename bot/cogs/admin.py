@@ -8,8 +8,8 @@ Discord's UI, which server owners can override.
 ``/retrain start`` starts a job on the trainer (the control service, or a local subprocess when no
 trainer URL is configured, see :mod:`bot.trainer_client`) and keeps a plain channel message up to date
 with its progress: a bar, step/total, loss, tokens/s and ETA, edited at most once per
-``PROGRESS_EDIT_INTERVAL_S``. A channel message, unlike the interaction's reply, can still be edited
-after the 15 minutes an interaction token lives. When the job ends, a summary (validation perplexity
+``MAESTER_PROGRESS_EDIT_INTERVAL`` seconds. A channel message, unlike the interaction's reply, can still
+be edited after the 15 minutes an interaction token lives. When the job ends, a summary (validation perplexity
 before and after, the new run id, whether the bot now serves it) is posted in the same channel.
 
 The cog also runs the :class:`bot.model_watcher.ModelWatcher` that hot-swaps newly published runs, and
@@ -33,14 +33,13 @@ from discord.ext import commands
 
 from bot.client import MaesterBot, send_ephemeral
 from bot.model_loader import load_run_model, smoke_test
-from bot.model_watcher import DEFAULT_POLL_INTERVAL_S, ModelWatcher, WatchResult
+from bot.model_watcher import ModelWatcher, WatchResult
 from bot.trainer_client import TrainerClient, TrainerError, latest_job, make_trainer_client
 from trainer.jobs import MAX_STEPS, BadJobParams, Job, JobParams
 
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("maester.audit")
 
-PROGRESS_EDIT_INTERVAL_S = 5.0  # Discord allows ~5 edits per 5 s per channel; a retrain needs far fewer
 BAR_WIDTH = 20
 ERROR_CHARS = 500  # of a trainer error shown in Discord (the full text is in the trainer's log)
 
@@ -158,7 +157,7 @@ class AdminCog(commands.Cog, name="Admin"):
                 load_run_model, device=bot.settings.device, quantize=bot.settings.quantize
             ),
             smoke_test=smoke_test,
-            poll_interval_s=getattr(bot.settings, "model_poll_interval", DEFAULT_POLL_INTERVAL_S),
+            poll_interval_s=bot.settings.model_poll_interval,
             notify=self._announce,
         )
         self.announce_channel: discord.abc.Messageable | None = None
@@ -322,7 +321,7 @@ class AdminCog(commands.Cog, name="Admin"):
                 if text == shown:
                     continue
                 pending = text
-                if job.finished or time.monotonic() - last_edit >= PROGRESS_EDIT_INTERVAL_S:
+                if job.finished or time.monotonic() - last_edit >= self.settings.progress_edit_interval:
                     await self._edit(message, pending)
                     shown, pending, last_edit = pending, None, time.monotonic()
         except TrainerError as exc:
